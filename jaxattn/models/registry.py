@@ -1,0 +1,50 @@
+"""Models are registered under explicit string keys (as in scenic).
+
+A config names its architecture with ``config.model.name``; the remaining
+``config.model`` fields are passed to the module's constructor. An unknown
+name raises an error that lists every known one.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+
+_MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+  """Class decorator: make a linen module constructible as ``name``."""
+
+  def wrap(module_cls):
+    if name in _MODELS:
+      raise ValueError(f"Model name {name!r} is registered twice.")
+    _MODELS[name] = module_cls
+    return module_cls
+
+  return wrap
+
+
+def known_models() -> list[str]:
+  return sorted(_MODELS)
+
+
+def get_model_class(name: str) -> Callable[..., nn.Module]:
+  try:
+    return _MODELS[name]
+  except KeyError:
+    raise ValueError(
+        f"Unknown model {name!r}. Known models: {', '.join(known_models())}. "
+        "Set config.model.name to one of them.") from None
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+  """Instantiates the registered module, reporting bad keyword arguments."""
+  module_cls = get_model_class(name)
+  fields = getattr(module_cls, "__dataclass_fields__", {})
+  unknown = sorted(set(kwargs) - set(fields) - {"parent", "name"})
+  if unknown:
+    valid = sorted(k for k in fields if k not in ("parent", "name"))
+    raise ValueError(
+        f"Model {name!r} has no option(s) {unknown}. Valid options: {valid}.")
+  return module_cls(**kwargs)
