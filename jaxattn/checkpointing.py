@@ -1,0 +1,153 @@
+"""Orbax checkpoints of a training run: the latest few, and the best one.
+
+A workdir holds::
+
+  config.json              the resolved config the run was started with
+  checkpoints/<step>/      periodic and final checkpoints (keep N)
+  checkpoints_best/<step>/ the checkpoint with the best validation metric
+
+Each checkpoint has two items: ``state`` (the TrainState pytree, saved
+asynchronously with its shardings) and ``meta`` (JSON: epoch, best metric,
+early-stopping counter, whether training finished). Orbax writes into a
+temporary directory and renames it when complete, so a run killed mid-save
+leaves the previous checkpoint intact and restarts from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+LATEST_DIR = "checkpoints"
+BEST_DIR = "checkpoints_best"
+CONFIG_FILE = "config.json"
+
+
+class CheckpointError(ValueError):
+  """A checkpoint that is missing or does not fit the model."""
+
+
+def _manager(directory: str, keep: int, *, read_only: bool = False):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=not read_only, read_only=read_only,
+      enable_async_checkpointing=not read_only)
+  return ocp.CheckpointManager(directory, options=options,
+                               item_names=("state", "meta"))
+
+
+def abstract_like(tree: Any) -> Any:
+  """Shape/dtype/sharding skeleton to restore onto (never a plain dict)."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class RunCheckpoints:
+  """The latest-N and best checkpoint managers of one workdir."""
+
+  def __init__(self, workdir: str, *, keep: int = 3, read_only: bool = False):
+    self.workdir = os.path.abspath(workdir)
+    self._latest = _manager(os.path.join(self.workdir, LATEST_DIR), keep,
+                            read_only=read_only)
+    self._best = _manager(os.path.join(self.workdir, BEST_DIR), 1,
+                          read_only=read_only)
+
+  def latest_step(self) -> int | None:
+    return self._latest.latest_step()
+
+  def best_step(self) -> int | None:
+    return self._best.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._latest.all_steps())
+
+  def save(self, step: int, state: Any, meta: dict[str, Any], *,
+           best: bool = False) -> None:
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              meta=ocp.args.JsonSave(meta))
+    # force=True: the trainer decides when to save; Orbax's own interval
+    # policy must not skip any of them.
+    self._latest.save(step, args=args, force=True)
+    if best:
+      self._best.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                      force=True)
+
+  def resolve(self, which: str | int | None) -> tuple[str, int]:
+    """'latest' | 'best' | step -> (kind, step), with a clear error."""
+    which = "latest" if which in (None, "") else which
+    if which == "best":
+      step = self.best_step()
+      if step is None:
+        raise CheckpointError(
+            f"No best checkpoint in {self.workdir}/{BEST_DIR} (is validation "
+            "off?). Use --checkpoint=latest or a step from "
+            f"{self.all_steps()}.")
+      return "best", step
+    if which == "latest":
+      step = self.latest_step()
+      if step is None:
+        raise CheckpointError(f"No checkpoint in {self.workdir}/{LATEST_DIR}.")
+      return "latest", step
+    try:
+      step = int(which)
+    except ValueError:
+      raise CheckpointError(
+          f"Checkpoint {which!r} is neither 'best', 'latest' nor a step "
+          "number.") from None
+    if step in self.all_steps():
+      return "latest", step
+    if step == self.best_step():
+      return "best", step
+    raise CheckpointError(
+        f"No checkpoint at step {step} in {self.workdir}; available steps: "
+        f"{self.all_steps()} (best: {self.best_step()}).")
+
+  def restore(self, abstract_state: Any, which: str | int | None = "latest"
+              ) -> tuple[Any, dict[str, Any], int]:
+    """(state, meta, step) restored onto the abstract state's shardings."""
+    kind, step = self.resolve(which)
+    manager = self._best if kind == "best" else self._latest
+    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
+                              meta=ocp.args.JsonRestore())
+    try:
+      restored = manager.restore(step, args=args)
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(
+          f"The checkpoint at step {step} in {self.workdir} does not fit the "
+          f"configured model/optimizer: {e}. Was the workdir written with a "
+          "different config? Use a fresh --workdir for a different model.") from e
+    return restored.state, dict(restored.meta), step
+
+  def wait(self) -> None:
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
+
+  def close(self) -> None:
+    self._latest.close()
+    self._best.close()
+
+
+def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Writes the resolved config beside the checkpoints (process 0 only)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + ".tmp"
+  with open(tmp, "w") as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+  os.replace(tmp, path)
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.exists(path):
+    raise CheckpointError(
+        f"{workdir} has no {CONFIG_FILE}: it is not a jaxattn workdir (or "
+        "training never started there).")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

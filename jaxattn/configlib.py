@@ -1,0 +1,127 @@
+"""Config building blocks shared by every ``configs/*.py`` file.
+
+A config file defines ``get_config(arg)``. ``arg`` is the short string after
+the colon in ``--config=configs/x.py:smoke,epochs=5``; :func:`parse_arg` turns
+it into typed values. :func:`base_config` holds every key the trainer reads,
+with its default, so a typo in ``--config.KEY=VALUE`` fails at once (ml_collections
+rejects unknown keys) and a config file only states what differs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses ``"smoke,epochs=5,batch=64"`` against typed defaults.
+
+  A bare key means True (for boolean keys). Values take the type of their
+  default (bool, int, float or str). Unknown keys raise an error listing the
+  valid ones.
+  """
+  values = dict(defaults)
+  for token in filter(None, (t.strip() for t in (arg or "").split(","))):
+    key, sep, raw = token.partition("=")
+    key = key.strip()
+    if key not in defaults:
+      raise ValueError(
+          f"Unknown config argument {key!r} in {arg!r}. Valid arguments: "
+          f"{', '.join(f'{k}={v!r}' for k, v in defaults.items())}.")
+    default = defaults[key]
+    if not sep:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config argument {key!r} needs a value: {key}=...")
+      values[key] = True
+      continue
+    raw = raw.strip()
+    try:
+      if isinstance(default, bool):
+        if raw.lower() not in _TRUE + _FALSE:
+          raise ValueError(raw)
+        values[key] = raw.lower() in _TRUE
+      elif isinstance(default, int):
+        values[key] = int(raw)
+      elif isinstance(default, float):
+        values[key] = float(raw)
+      else:
+        values[key] = raw
+    except ValueError:
+      raise ValueError(
+          f"Config argument {key}={raw!r} is not a valid "
+          f"{type(default).__name__}.") from None
+  return ml_collections.ConfigDict(values)
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every key the trainer reads, with neutral defaults."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Data. See jaxattn/data/sources.py for the dataset string syntax.
+  c.dataset = "offline:digits"
+  c.data_dir = ""  # TFDS data_dir; "" for TFDS's default.
+  c.manual_dir = ""  # TFDS manual_dir for datasets that need one.
+  c.download = True
+  c.train_split = "train"
+  c.val_split = "test"  # Evaluated every eval interval; "" for none.
+  c.test_split = ""  # Evaluated once at the end when set; "" for none.
+  c.image_size = (32, 32)  # Model input (H, W); images are resized to it.
+  c.pixel_mean = (0.0,)  # In [0, 1] units, one per channel (or one for all).
+  c.pixel_std = (1.0,)
+  c.cache = True  # Keep decoded images in memory (small datasets).
+  c.shuffle_buffer = 50_000
+  c.augment = ml_collections.ConfigDict(dict(
+      random_resized_crop=False, crop_scale=(0.08, 1.0),
+      crop_ratio=(3 / 4, 4 / 3), flip=False, rand_augment_ops=0,
+      rand_augment_magnitude=9, color_jitter=(0.0, 0.0, 0.0),
+      random_erasing=0.0))
+
+  # Model: `name` picks the registered module; other keys go to it.
+  c.model = ml_collections.ConfigDict(dict(name="conv_vit"))
+  c.num_classes = 0  # 0: the dataset's class count.
+  c.compute_dtype = "float32"  # "bfloat16" for mixed precision.
+
+  # Duration: exactly one of num_epochs / num_steps is non-zero.
+  c.num_epochs = 0
+  c.num_steps = 0
+  c.batch_size = 128  # Global, over all devices and processes.
+  c.eval_batch_size = 256
+
+  # Optimisation.
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name="adam", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
+      momentum=0.9, nesterov=False))
+  c.schedule = ml_collections.ConfigDict(dict(
+      name="constant", lr=1e-3, warmup_epochs=0.0, end_lr=0.0,
+      knots=((0.0, 1.0),), decay_rate=0.1, decay_every_epochs=30.0,
+      staircase=True))
+  c.grad_clip_norm = 0.0  # Global-norm clipping; 0 for none.
+  c.label_smoothing = 0.0
+
+  # Parallelism: "jit" (one program over a Mesh, sharded batch) or "pmap"
+  # (per-device program with explicit collectives, via jax.shard_map).
+  c.parallel = "jit"
+
+  # Evaluation, early stopping, checkpoints, logging.
+  c.eval_every_epochs = 1
+  c.best_metric = "accuracy"  # Of the validation split; "loss" is also fine.
+  c.early_stopping_patience = 0  # Evaluations without improvement; 0 = off.
+  c.checkpoint_every_steps = 0  # 0: at every evaluation (end of epoch).
+  c.keep_checkpoints = 3
+  c.log_every_steps = 50
+  return c
+
+
+def check_duration(config: ml_collections.ConfigDict) -> None:
+  """Exactly one of num_epochs / num_steps must be set (non-zero)."""
+  if bool(config.num_epochs) == bool(config.num_steps):
+    raise ValueError(
+        "Set exactly one of config.num_epochs and config.num_steps (got "
+        f"num_epochs={config.num_epochs}, num_steps={config.num_steps}); "
+        "to switch, zero the other, e.g. --config.num_epochs=0 "
+        "--config.num_steps=1000.")

@@ -1,0 +1,60 @@
+"""Evaluate a saved checkpoint on any split: ``main.py --mode=eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from jaxattn import checkpointing, optim, parallel, train
+from jaxattn.data import pipeline
+
+
+def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
+                        split: str = "",
+                        config: ml_collections.ConfigDict | None = None
+                        ) -> dict[str, Any]:
+  """Evaluates checkpoint 'best' | 'latest' | STEP on `split`.
+
+  The config defaults to the one saved in the workdir; `split` defaults to
+  the config's test split, else its validation split. The metrics are also
+  written to ``WORKDIR/eval_<split>_step<N>.json``.
+  """
+  saved = checkpointing.load_config(workdir)
+  config = saved if config is None else config
+  source = train.get_source(config)
+  config = train.resolve_config(config, source)
+  split = split or config.test_split or config.val_split
+  if not split:
+    raise ValueError("No split to evaluate: pass --split=NAME.")
+
+  mesh = parallel.create_mesh()
+  shard = pipeline.ProcessShard(
+      jax.process_index(), jax.process_count(),
+      parallel.check_batch_size(config.eval_batch_size, "eval_batch_size"))
+  model = train.build_model(config)
+  # The optimizer state is restored too (the checkpoint holds one); its
+  # structure needs the schedule, not the data, so steps_per_epoch=1 is fine.
+  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 1, 1))
+  abstract_state = train.abstract_train_state(config, model, tx, mesh)
+  ckpt = checkpointing.RunCheckpoints(workdir, read_only=True)
+  state, _, step = ckpt.restore(abstract_state, checkpoint)
+  ckpt.close()
+  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
+  eval_fn = train.make_eval_fn(model, mesh, state_sharding)
+  results = train.evaluate_split(eval_fn, state, source, split, config, shard,
+                                 mesh)
+  results.update(split=split, step=step, checkpoint=str(checkpoint))
+  logging.info("Eval of %s (step %d) on %s: %s", checkpoint, step, split,
+               results)
+  if jax.process_index() == 0:
+    safe_split = "".join(c if c.isalnum() else "_" for c in split).strip("_")
+    path = os.path.join(workdir, f"eval_{safe_split}_step{step}.json")
+    with open(path, "w") as f:
+      json.dump(results, f, indent=2)
+    results["path"] = path
+  return results

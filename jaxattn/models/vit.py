@@ -1,0 +1,221 @@
+"""Seed 002: the "Visual Attention Model" ViT trained from scratch on MNIST/CIFAR.
+
+Seed quirks reproduced on purpose (see ``specs/seeds.md``, "Seed 002"):
+
+* The encoder block is the author's, not the ViT paper's:
+  ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``. There is one LayerNorm per
+  block, it *replaces* the residual stream (so the attention residual adds the
+  normalised x), and there is no final LayerNorm before the head.
+* Class token and positional embedding are ~ N(0, 1) (``torch.randn``).
+* ``nn.MultiheadAttention`` init: ``in_proj_weight`` is xavier-uniform over
+  the *fused* [3D, D] tensor, so each of q, k, v gets the bound
+  sqrt(6 / (D + 3D)), not the sqrt(6 / 2D) of a standalone xavier init;
+  in_proj and out_proj biases are zero; out_proj's weight keeps the Linear
+  default. Every other Conv2d/Linear has PyTorch's default init.
+* PyTorch numerics: LayerNorm eps 1e-5, exact (erf) GELU, no dropout.
+
+Parameter names (Flax ``params/...`` <- the seed's PyTorch state_dict key):
+
+  patch_embedding/patch_layer/kernel [p,p,C,D]   <- patch_embedding.patch_layer.weight
+                                                    [D,C,p,p].transpose(2, 3, 1, 0)
+  patch_embedding/patch_layer/bias               <- patch_embedding.patch_layer.bias
+  patch_embedding/class_token [1,1,D]            <- patch_embedding.class_token [D,1]
+                                                    .T[None]
+  patch_embedding/positional_embedding [1,N+1,D] <- patch_embedding.positional_embedding
+                                                    [D,N+1].T[None]
+  transformer_encoder_{i}/layer_norm             <- transformer_encoder.{i}.layer_norm
+  transformer_encoder_{i}/self_attention/query   <- ...self_attention.in_proj_{weight,bias}[:D]
+                                      .../key    <- ...in_proj_{weight,bias}[D:2D]
+                                      .../value  <- ...in_proj_{weight,bias}[2D:]
+                                      .../out    <- ...self_attention.out_proj
+  transformer_encoder_{i}/mlp_block/fc1, fc2     <- transformer_encoder.{i}.mlp_block.0, .2
+  output_layer                                   <- output_layer
+
+Every Linear becomes a Dense: kernel [in,out] = weight.T, bias as is (for q, k,
+v the rows of in_proj_weight [3D,D] are split q;k;v first, then transposed).
+LayerNorm: scale <- weight, bias <- bias.
+
+Within q, k, v and ``out``'s input, head h owns features h*D/heads ..
+(h+1)*D/heads - 1, as in PyTorch, so no per-head reordering is needed.
+"""
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxattn.models.registry import register
+
+Array = jax.Array
+
+# PyTorch's Conv2d/Linear default, kaiming_uniform_(a=sqrt(5)), is exactly
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+# xavier_uniform_ on the fused [3D, D] in_proj_weight: bound sqrt(6 / 4D).
+# On one [D, D] slice, fan_avg is D, so scale 1/2 gives sqrt(3 * 0.5 / D).
+_torch_in_proj_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
+
+
+def _torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def _linear(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
+  """A torch.nn.Linear with its default init."""
+  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
+                  kernel_init=_torch_kernel_init,
+                  bias_init=_torch_bias_init(fan_in), name=name)
+
+
+def _check_images(images: Array, patch_size: int) -> None:
+  if images.ndim != 4:
+    raise ValueError(
+        f"Expected images of shape (batch, height, width, channels) (NHWC), "
+        f"got shape {tuple(images.shape)}.")
+  height, width = images.shape[1:3]
+  if height % patch_size or width % patch_size:
+    raise ValueError(
+        f"Image size {height}x{width} is not divisible by patch_size="
+        f"{patch_size}; the patch convolution would silently drop the "
+        f"remainder. Resize or crop the images to a multiple of {patch_size} "
+        f"(e.g. {height // patch_size * patch_size}x"
+        f"{width // patch_size * patch_size}), or set model.patch_size to a "
+        f"divisor of both sides.")
+
+
+class PatchEmbedding(nn.Module):
+  """Patch conv, class token at index 0, learned positional embedding.
+
+  The positional embedding's length (N+1) comes from the image size seen at
+  init; applying the model to another size fails with Flax's shape error.
+  """
+
+  hidden_dim: int
+  patch_size: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array) -> Array:
+    p, d = self.patch_size, self.hidden_dim
+    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
+                bias_init=_torch_bias_init(p * p * images.shape[-1]),
+                name="patch_layer")(images)
+    b = x.shape[0]
+    # Row-major over the patch grid, like the seed's flatten(-2).
+    x = x.reshape(b, -1, d)
+    cls = self.param("class_token", nn.initializers.normal(stddev=1.0),
+                     (1, 1, d), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x],
+                        axis=1)
+    pos = self.param("positional_embedding", nn.initializers.normal(stddev=1.0),
+                     (1, x.shape[1], d), jnp.float32)
+    return x + pos.astype(x.dtype)
+
+
+class MultiHeadSelfAttention(nn.Module):
+  """``nn.MultiheadAttention(D, heads)`` self-attention with separate q/k/v.
+
+  Uses ``jax.nn.dot_product_attention``, which keeps the scores and softmax in
+  float32 for bfloat16 inputs.
+  """
+
+  num_heads: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    b, n, d = x.shape
+    if d % self.num_heads:
+      raise ValueError(
+          f"hidden_dim={d} is not a multiple of num_heads={self.num_heads}.")
+    head_dim = d // self.num_heads
+
+    def project(name):
+      dense = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
+                       kernel_init=_torch_in_proj_init,
+                       bias_init=nn.initializers.zeros, name=name)
+      return dense(x).reshape(b, n, self.num_heads, head_dim)
+
+    q, k, v = project("query"), project("key"), project("value")
+    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
+    return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
+                    kernel_init=_torch_kernel_init,
+                    bias_init=nn.initializers.zeros,
+                    name="out")(out.reshape(b, n, d))
+
+
+class MlpBlock(nn.Module):
+  """Linear(D, P) -> exact GELU -> Linear(P, D); no dropout."""
+
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    d = x.shape[-1]
+    x = _linear(self.mlp_dim, d, "fc1", self.dtype)(x)
+    x = nn.gelu(x, approximate=False)  # torch.nn.GELU is erf-exact.
+    return _linear(d, self.mlp_dim, "fc2", self.dtype)(x)
+
+
+class EncoderBlock(nn.Module):
+  """The author's block: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``."""
+
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    # Not pre-norm: the normalised x replaces the stream, and it is what the
+    # attention residual adds back. Reproduced as the seed wrote it.
+    x = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
+                     param_dtype=jnp.float32, name="layer_norm")(x)
+    x = MultiHeadSelfAttention(self.num_heads, self.dtype,
+                               name="self_attention")(x) + x
+    return MlpBlock(self.mlp_dim, self.dtype, name="mlp_block")(x) + x
+
+
+@register("vit")
+class ViT(nn.Module):
+  """Seed 002's ViT; defaults are the README's D=256, L=12, 8 heads, P=512.
+
+  Takes NHWC float images, returns float32 logits (B, num_classes) read from
+  the class token. ``dtype`` is the compute dtype; parameters are always
+  float32, and LayerNorm statistics, attention softmax and the head run in
+  float32.
+  """
+
+  num_classes: int = 10
+  patch_size: int = 4
+  hidden_dim: int = 256
+  depth: int = 12
+  num_heads: int = 8
+  mlp_dim: int = 512
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool = False) -> Array:
+    del train  # The seed has no dropout or batch statistics.
+    _check_images(images, self.patch_size)
+    x = PatchEmbedding(self.hidden_dim, self.patch_size, self.dtype,
+                       name="patch_embedding")(images)
+    for i in range(self.depth):
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
+                       name=f"transformer_encoder_{i}")(x)
+    # No final LayerNorm in the seed. A float32 head keeps logits exact for
+    # the loss; it is D x K, tiny.
+    return nn.Dense(self.num_classes, dtype=jnp.float32,
+                    param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
+                    bias_init=_torch_bias_init(self.hidden_dim),
+                    name="output_layer")(x[:, 0])

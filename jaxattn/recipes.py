@@ -1,0 +1,93 @@
+"""The seed papers' training recipes, shared by the configs that use them.
+
+Each function returns a complete config for one seed's recipe; the files in
+``configs/`` pick the dataset-specific parts (dataset, splits, epochs) and
+the ``smoke`` shrinkage. Facts are from ``shared/specs/seeds.md``.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from jaxattn import configlib
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2471, 0.2435, 0.2616)
+
+
+def shrink_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
+  """A few steps of a tiny model variant on mock data: seconds on a CPU."""
+  c.dataset = dataset
+  c.num_epochs, c.num_steps = 0, 6
+  c.batch_size = c.eval_batch_size = 16
+  c.val_split, c.test_split = "validation[:32]", "test[:40]"
+  c.train_split = "train"
+  c.cache = True
+  c.log_every_steps = 2
+  c.shuffle_buffer = 256
+
+
+def seed004_conv_vit() -> ml_collections.ConfigDict:
+  """Seed 004 (EVA-8 S10): fully-convolutional ViT on CIFAR-10, 25 epochs.
+
+  AdamW (weight decay 0.01 on every parameter, eps 1e-8), global-norm
+  clipping 1.0, the per-iteration piecewise-linear one-cycle 0 -> 0.01 (epoch
+  10) -> 5e-4 (epoch 20) -> 0 (epoch 25), batch 128 (eval 64), mixed
+  precision, and its torchvision augmentations.
+  """
+  c = configlib.base_config()
+  c.dataset = "tfds:cifar10"
+  c.image_size = (32, 32)
+  c.pixel_mean, c.pixel_std = CIFAR_MEAN, CIFAR_STD
+  c.augment.random_resized_crop = True
+  c.augment.crop_scale, c.augment.crop_ratio = (0.75, 1.0), (1.0, 1.0)
+  c.augment.flip = True
+  c.augment.rand_augment_ops, c.augment.rand_augment_magnitude = 1, 8
+  c.augment.color_jitter = (0.1, 0.1, 0.1)
+  c.augment.random_erasing = 0.25
+  c.model = dict(name="conv_vit", patch_size=2, embedding_dim=32, depth=4,
+                 head_channels=8, mlp_ratio=4)
+  c.num_epochs = 25
+  c.batch_size, c.eval_batch_size = 128, 64
+  c.optimizer = dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=0.01, momentum=0.0, nesterov=False)
+  set_one_cycle(c, epochs=25, peak_lr=0.01)
+  c.grad_clip_norm = 1.0
+  # The seed used torch.cuda.amp (fp16 + loss scaling); bf16 needs no loss
+  # scaling and keeps fp32 parameters and optimizer state.
+  c.compute_dtype = "bfloat16"
+  return c
+
+
+def set_one_cycle(c: ml_collections.ConfigDict, *, epochs: int,
+                  peak_lr: float) -> None:
+  """Seed 004's knots: (0, 0), (2E//5, peak), (4E//5, peak/20), (E, 0)."""
+  c.schedule.name = "piecewise_linear"
+  c.schedule.knots = ((0.0, 0.0), (float(epochs * 2 // 5), peak_lr),
+                      (float(epochs * 4 // 5), peak_lr / 20),
+                      (float(epochs), 0.0))
+
+
+def seed002_vit() -> ml_collections.ConfigDict:
+  """Seed 002 (Visual-Attention): ViT from scratch, Adam 1e-4, batch 32.
+
+  Patch 4, 12 blocks of the author's one-LayerNorm design, 8 heads, D=256,
+  MLP 512; inputs in [0, 1] without mean/std normalisation; no schedule, no
+  weight decay; CIFAR gets RandomResizedCrop (default scale/ratio) + flip.
+  """
+  c = configlib.base_config()
+  c.model = dict(name="vit", patch_size=4, hidden_dim=256, depth=12,
+                 num_heads=8, mlp_dim=512)
+  c.batch_size, c.eval_batch_size = 32, 256
+  c.optimizer = dict(name="adam", b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.schedule.name, c.schedule.lr = "constant", 1e-4
+  c.pixel_mean, c.pixel_std = (0.0,), (1.0,)
+  return c
+
+
+def cifar_crop_and_flip(c: ml_collections.ConfigDict) -> None:
+  """torchvision v2.RandomResizedCrop((32, 32)) defaults + horizontal flip."""
+  c.augment.random_resized_crop = True
+  c.augment.crop_scale, c.augment.crop_ratio = (0.08, 1.0), (3 / 4, 4 / 3)
+  c.augment.flip = True

@@ -1,0 +1,51 @@
+r"""Train, resume or evaluate a jaxattn model.
+
+  python main.py --config=configs/quickstart.py --workdir=/tmp/quickstart
+  python main.py --config=configs/cifar10_convvit.py:smoke --workdir=W \
+      --config.batch_size=64
+  python main.py --mode=eval --workdir=W [--checkpoint=best|latest|STEP] \
+      [--split='train[90%:]']
+
+Rerunning a training command on the same workdir resumes it; a finished run
+is not trained again.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+import jax
+
+flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"],
+                  "train: train and evaluate (resuming); eval: evaluate a "
+                  "checkpoint and write its metrics as JSON in the workdir.")
+flags.DEFINE_string("checkpoint", "best", "--mode=eval: best, latest or a step.")
+flags.DEFINE_string("split", "", "--mode=eval: split to evaluate (TFDS slicing "
+                    "syntax); default: the config's test, else val split.")
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/quickstart.py:smoke.",
+    lock_config=True)
+flags.mark_flags_as_required(["workdir"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  # Imported here so that --help stays fast and TF hides GPUs before use.
+  from jaxattn import evaluate, train  # pylint: disable=g-import-not-at-top
+
+  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
+               jax.process_count(), jax.local_devices())
+  if FLAGS.mode == "eval":
+    evaluate.evaluate_checkpoint(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
+                                 split=FLAGS.split, config=FLAGS.config)
+    return
+  if FLAGS.config is None:
+    raise app.UsageError("--config is required for training.")
+  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  jax.config.config_with_absl()
+  app.run(main)
