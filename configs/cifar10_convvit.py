@@ -8,7 +8,7 @@ at the end. For the seed's own split (train on all 50k, validate on test):
   python main.py --config=configs/cifar10_convvit.py --workdir=/tmp/convvit
   # Offline, on the shared CIFAR-10 training JPEGs (extracted to DIR):
   python main.py --config=configs/cifar10_convvit.py --workdir=/tmp/convvit \
-      --config.dataset=folder:DIR --config.test_split=''
+      --config.dataset=folder:DIR
   python main.py --config=configs/cifar10_convvit.py:smoke --workdir=/tmp/s
 """
 

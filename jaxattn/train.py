@@ -55,13 +55,19 @@ def resolve_config(config: ml_collections.ConfigDict,
   with config.unlocked():
     config.num_channels = source.image_shape[2]
     config.class_names = list(source.class_names)
-  for split_key in ("train_split", "val_split", "test_split"):
-    split = config[split_key]
-    if split and not source.has_split(split):
-      raise sources.DatasetError(
-          f"config.{split_key}={split!r} is not a split of {source.name}; its "
-          f"splits are {source.split_names}. Slice one instead, e.g. "
-          f"--config.train_split='train[:90%]' --config.val_split='train[90%:]'.")
+  if config.test_split and not source.has_split(config.test_split):
+    # A folder of training images has no test split; say so, don't fail.
+    logging.warning("config.test_split=%r is not a split of %s (splits: %s); "
+                    "the final test evaluation is skipped.", config.test_split,
+                    source.name, source.split_names)
+    config.test_split = ""
+  for split_key in ("train_split", "val_split"):
+    if config[split_key]:
+      try:
+        source.num_examples(config[split_key])
+      except sources.DatasetError as e:
+        raise sources.DatasetError(
+            f"config.{split_key}={config[split_key]!r}: {e}") from None
   if len(config.image_size) != 2 or min(config.image_size) <= 0:
     raise ValueError(f"config.image_size must be (height, width), got "
                      f"{config.image_size}.")

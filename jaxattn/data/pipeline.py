@@ -80,10 +80,11 @@ def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
                          config: ml_collections.ConfigDict) -> tf.Tensor:
   """The train-time augmentations, in torchvision's usual order.
 
-  RandomResizedCrop -> flip -> RandAugment (on uint8, as on PIL images) ->
-  ColorJitter (on [0, 1] floats) -> normalisation -> RandomErasing (on the
-  normalised tensor, as in torchvision pipelines). Each stage is off unless
-  its config key asks for it.
+  RandomResizedCrop -> flip -> RandAugment -> ColorJitter (these on uint8
+  images with PIL's semantics, as torchvision applies them to PIL images) ->
+  [0, 1] floats -> normalisation -> RandomErasing (on the normalised tensor,
+  as in torchvision pipelines). Each stage is off unless its config key asks
+  for it.
   """
   aug = config.augment
   size = tuple(config.image_size)
@@ -102,12 +103,11 @@ def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
     image = augment.rand_augment(image, ra_seed,
                                  num_ops=aug.rand_augment_ops,
                                  magnitude=aug.rand_augment_magnitude)
-  image = augment.to_float01(image)
   brightness, contrast, saturation = aug.color_jitter
   if brightness or contrast or saturation:
     image = augment.color_jitter(image, jitter_seed, brightness=brightness,
                                  contrast=contrast, saturation=saturation)
-  image = _normalize(image, config)
+  image = _normalize(augment.to_float01(image), config)
   if aug.random_erasing:
     image = augment.random_erasing(image, erase_seed, p=aug.random_erasing)
   return tf.ensure_shape(image, [*size, image.shape[-1]])

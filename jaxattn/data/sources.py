@@ -105,10 +105,12 @@ def _absolute_ranges(split: str,
     instruction = tfds.core.ReadInstruction.from_spec(split)
     absolute = instruction.to_absolute(infos)
   except (ValueError, AssertionError, KeyError) as e:
+    reason = str(e).rstrip(".")
+    if "Should be one of" not in reason:
+      reason += f" (splits: {sorted(split_sizes)})"
     raise DatasetError(
-        f"Cannot use split {split!r}: {e}. Available splits: "
-        f"{sorted(split_sizes)}; slicing such as 'train[:90%]' or "
-        "'train[45000:]' is supported.") from None
+        f"Cannot use split {split!r}: {reason}. Slicing such as "
+        "'train[:90%]' or 'train[45000:]' is supported.") from None
   out = []
   for a in absolute:
     n = split_sizes[a.splitname]
@@ -202,8 +204,10 @@ class DigitsSource(_IndexedSource):
 class FolderSource(_IndexedSource):
   """Images in ``root/<split>/<class>/<file>``; class ids follow sorted names.
 
-  Files are listed in sorted order so a split's order (and therefore every
-  slice of it) is the same on every machine and every process.
+  A split's order is a fixed pseudo-random permutation (seed 0) of the sorted
+  file listing: the same on every machine and process, and mixed across
+  classes, so a slice such as ``train[90%:]`` samples every class instead of
+  holding only the last class folder.
   """
 
   root: str
@@ -222,13 +226,13 @@ class FolderSource(_IndexedSource):
           f"Dataset folder {self.root!r} has no split folders; expected "
           f"{self.root}/<split>/<class>/*.jpg|png.")
     self._listing = {s: self._list_split(s) for s in splits}
-    classes = sorted(set(self._listing[splits[0]][2]))
+    classes = sorted(set(self._listing[splits[0]][1]))
     for s in splits:
-      if sorted(set(self._listing[s][2])) != classes:
+      if sorted(set(self._listing[s][1])) != classes:
         raise DatasetError(
             f"Split folders of {self.root!r} disagree on the classes: "
             f"{splits[0]} has {classes}, {s} has "
-            f"{sorted(set(self._listing[s][2]))}.")
+            f"{sorted(set(self._listing[s][1]))}.")
     self._classes = classes
 
   def _list_split(self, split):
@@ -245,7 +249,8 @@ class FolderSource(_IndexedSource):
     if not paths:
       raise DatasetError(
           f"No images (*.jpg, *.png, ...) under {split_dir}/<class>/.")
-    return np.array(paths), None, class_of
+    order = np.random.default_rng(0).permutation(len(paths))
+    return np.array(paths)[order], np.array(class_of)[order]
 
   @property
   def split_names(self):
@@ -259,13 +264,13 @@ class FolderSource(_IndexedSource):
   def image_shape(self):
     # The first image fixes the shape; folders of mixed sizes still work
     # because the pipeline resizes, but then H and W are reported as None.
-    first = self._listing[self.split_names[0]][0][0]
+    first = sorted(self._listing[self.split_names[0]][0])[0]
     h, w = tf.io.decode_image(tf.io.read_file(first), channels=self.channels,
                               expand_animations=False).shape[:2]
     return (int(h), int(w), self.channels)
 
   def _split_items(self, split_name):
-    paths, _, class_of = self._listing[split_name]
+    paths, class_of = self._listing[split_name]
     index = {c: i for i, c in enumerate(self._classes)}
     return paths, np.array([index[c] for c in class_of], np.int64)
 

@@ -1,0 +1,51 @@
+"""Test-wide JAX setup: 4 simulated CPU devices and cheap compiles.
+
+Both must be set before JAX initialises its backend, hence at import time of
+the first conftest. Subprocesses started by tests inherit the environment.
+"""
+
+import os
+import pathlib
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=4").strip()
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CIFAR_TAR = SHARED / "data" / "cifar10" / "cifar10-train-jpeg.tar.gz"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO
+
+
+def run_main(*args: str, timeout: int = 600, check: bool = True,
+             env_extra: dict | None = None):
+  """Runs `python main.py ARGS` in a subprocess; returns CompletedProcess."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  env = dict(os.environ, **(env_extra or {}))
+  proc = subprocess.run([sys.executable, str(REPO / "main.py"), *args],
+                        cwd=REPO, env=env, capture_output=True, text=True,
+                        timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main.py {' '.join(args)} failed "
+                         f"({proc.returncode}):\n{proc.stderr[-6000:]}")
+  return proc
+
+
+@pytest.fixture(scope="session")
+def cifar_folder(tmp_path_factory) -> pathlib.Path:
+  """The shared CIFAR-10 training JPEGs, extracted once (skips if absent)."""
+  if not CIFAR_TAR.exists():
+    pytest.skip(f"{CIFAR_TAR} is not available")
+  import tarfile  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp("cifar10")
+  with tarfile.open(CIFAR_TAR) as tar:
+    tar.extractall(root, filter="data")
+  return root

@@ -1,0 +1,143 @@
+"""End to end through main.py: smoke configs, resume, eval mode, bad input."""
+
+import glob
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+import jaxattn
+from jaxattn import checkpointing
+from tests.conftest import REPO, run_main
+
+CONFIGS = sorted(pathlib.Path(p).stem
+                 for p in glob.glob(str(REPO / "configs" / "*.py")))
+# Real-speed compiles for the runs whose accuracy or timing matters.
+FAST_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0",
+            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_smoke_variant_runs_through_main(name, tmp_path):
+  workdir = tmp_path / "w"
+  run_main(f"--config=configs/{name}.py:smoke", f"--workdir={workdir}")
+  results = json.loads((workdir / "results.json").read_text())
+  assert results["final_step"] > 0
+  assert os.listdir(workdir / checkpointing.LATEST_DIR)
+  assert glob.glob(str(workdir / "events.out.tfevents.*"))
+  assert (workdir / checkpointing.CONFIG_FILE).exists()
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("quickstart_smoke")
+  run_main("--config=configs/quickstart.py:smoke", f"--workdir={workdir}")
+  return workdir
+
+
+def test_rerun_of_a_finished_run_does_nothing(smoke_workdir):
+  before = sorted(os.listdir(smoke_workdir / checkpointing.LATEST_DIR))
+  proc = run_main("--config=configs/quickstart.py:smoke",
+                  f"--workdir={smoke_workdir}")
+  assert "already complete" in proc.stderr
+  assert sorted(os.listdir(smoke_workdir / checkpointing.LATEST_DIR)) == before
+
+
+def test_eval_mode_writes_json(smoke_workdir):
+  run_main("--mode=eval", f"--workdir={smoke_workdir}", "--checkpoint=latest",
+           "--split=test[:101]")
+  [path] = glob.glob(str(smoke_workdir / "eval_test__101_step*.json"))
+  metrics = json.loads(pathlib.Path(path).read_text())
+  assert metrics["num_examples"] == 101 and 0 <= metrics["accuracy"] <= 1
+  proc = run_main("--mode=eval", f"--workdir={smoke_workdir}",
+                  "--checkpoint=12345", check=False)
+  assert proc.returncode != 0 and "No checkpoint at step 12345" in proc.stderr
+
+
+def test_load_gives_the_evaluated_model(smoke_workdir):
+  from jaxattn.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  model, variables, config = jaxattn.load(str(smoke_workdir))
+  src = sources.get_source(config.dataset)
+  ds, _ = pipeline.create_eval_dataset(
+      src, config.test_split, config,
+      shard=pipeline.ProcessShard(0, 1, 512))
+  batch = next(pipeline.as_numpy(ds))
+  logits = model.apply(variables, batch["image"], train=False)
+  n = int(batch["mask"].sum())
+  accuracy = float(np.mean(np.argmax(logits[:n], -1) == batch["label"][:n]))
+  results = json.loads((smoke_workdir / "results.json").read_text())
+  np.testing.assert_allclose(accuracy, results["test"]["accuracy"], atol=1e-6)
+  # A checkpoint directory works as well as the workdir.
+  step = results["final_step"]
+  _, same, _ = jaxattn.load(
+      str(smoke_workdir / checkpointing.LATEST_DIR / str(step)))
+  jax.tree.map(np.testing.assert_array_equal, same, variables)
+
+
+def test_quickstart_trains_offline_to_95_percent(tmp_path):
+  workdir = tmp_path / "qs"
+  start = time.time()
+  run_main("--config=configs/quickstart.py", f"--workdir={workdir}",
+           env_extra=FAST_ENV)
+  seconds = time.time() - start
+  results = json.loads((workdir / "results.json").read_text())
+  print(f"quickstart: {seconds:.0f} s, test {results['test']}")
+  assert results["test"]["accuracy"] >= 0.95
+  assert results["test"]["num_examples"] == 359
+
+
+def _final_params(workdir):
+  _, variables, _ = jaxattn.load(str(workdir))
+  return variables
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+  args = ["--config=configs/quickstart.py", "--config.num_epochs=0",
+          "--config.num_steps=60", "--config.checkpoint_every_steps=5",
+          "--config.model.depth=1", "--config.log_every_steps=5"]
+  straight = tmp_path / "straight"
+  run_main(*args, f"--workdir={straight}", env_extra=FAST_ENV)
+
+  killed = tmp_path / "killed"
+  env = dict(os.environ, **FAST_ENV)
+  proc = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args,
+                           f"--workdir={killed}"], cwd=REPO, env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  ckpt_dir = killed / checkpointing.LATEST_DIR
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    steps = [int(d) for d in (os.listdir(ckpt_dir) if ckpt_dir.exists() else [])
+             if d.isdigit()]
+    if steps and max(steps) >= 15:
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, "training finished before it could be killed"
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()]
+  assert 15 <= max(steps) < 60
+
+  resumed = run_main(*args, f"--workdir={killed}", env_extra=FAST_ENV)
+  assert "Resumed from" in resumed.stderr
+  a, b = _final_params(straight), _final_params(killed)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert (json.loads((straight / "results.json").read_text())["test"] ==
+          json.loads((killed / "results.json").read_text())["test"])
+
+
+def test_unknown_config_key_and_arg_are_reported(tmp_path):
+  proc = run_main("--config=configs/quickstart.py:smoke",
+                  f"--workdir={tmp_path}", "--config.num_epoch=3", check=False)
+  assert proc.returncode != 0 and "num_epoch" in proc.stderr
+  proc = run_main("--config=configs/quickstart.py:smok",
+                  f"--workdir={tmp_path}", check=False)
+  assert proc.returncode != 0
+  assert "Unknown config argument 'smok'" in proc.stderr
+  assert "smoke=False" in proc.stderr
