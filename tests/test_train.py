@@ -59,3 +59,19 @@ def test_a_workdir_refuses_another_model_and_keeps_its_checkpoint(tmp_path):
   with pytest.raises(ValueError, match="use a new --workdir"):
     train.train_and_evaluate(other, str(tmp_path))
   assert os.listdir(tmp_path / checkpointing.LATEST_DIR) == steps_before
+
+
+def test_early_stopping_stops_when_validation_stalls(tmp_path):
+  config = _smoke_config()
+  config.num_epochs = 10
+  config.batch_size = 64
+  config.schedule.name, config.schedule.lr = "constant", 0.0  # Never improves.
+  config.schedule.warmup_epochs = 0.0
+  config.early_stopping_patience = 2
+  results = train.train_and_evaluate(config, str(tmp_path))
+  steps_per_epoch = 1293 // 64  # train[:90%] of the 1,437 digits.
+  assert results["stopped_early"]
+  assert results["final_step"] == 3 * steps_per_epoch
+  assert results["best_step"] == steps_per_epoch
+  # The run is finished: rerunning returns at once with the same results.
+  assert train.train_and_evaluate(config, str(tmp_path)) == results
