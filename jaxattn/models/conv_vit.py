@@ -40,62 +40,16 @@ collection as ``layers_{i}/attn/attention`` with shape (B, heads, i, j); apply
 with ``mutable=["intermediates"]`` to read it.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.models import torch_layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
-
-# PyTorch's Conv2d/Linear default, kaiming_uniform_(a=sqrt(5)), is exactly
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); Flax's lecun_normal default would change
-# the starting point of the seed's recipe.
-_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
-
-
-def _torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
-  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def _pixelwise(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
-  """The seed's 1x1 Conv2d, as a Dense over the channel axis of NHWC maps."""
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=_torch_kernel_init,
-                  bias_init=_torch_bias_init(fan_in), name=name)
-
-
-def _layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
-  # PyTorch's eps and two-pass variance; Flax reduces in float32 even when
-  # dtype is bfloat16 (force_float32_reductions).
-  return nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=dtype,
-                      param_dtype=jnp.float32, name=name)
-
-
-def _check_images(images: Array, patch_size: int) -> None:
-  if images.ndim != 4:
-    raise ValueError(
-        f"Expected images of shape (batch, height, width, channels) (NHWC), "
-        f"got shape {tuple(images.shape)}.")
-  height, width = images.shape[1:3]
-  if height % patch_size or width % patch_size:
-    raise ValueError(
-        f"Image size {height}x{width} is not divisible by patch_size="
-        f"{patch_size}; the patch convolution would silently drop the "
-        f"remainder. Resize or crop the images to a multiple of {patch_size} "
-        f"(e.g. {height // patch_size * patch_size}x"
-        f"{width // patch_size * patch_size}), or set model.patch_size to a "
-        f"divisor of both sides.")
-
 
 class Embedding(nn.Module):
   """Non-overlapping patch conv plus a learned (H/p, W/p, D) position map.
@@ -114,8 +68,8 @@ class Embedding(nn.Module):
     p = self.patch_size
     x = nn.Conv(self.embedding_dim, (p, p), strides=(p, p), padding="VALID",
                 dtype=self.dtype, param_dtype=jnp.float32,
-                kernel_init=_torch_kernel_init,
-                bias_init=_torch_bias_init(p * p * images.shape[-1]),
+                kernel_init=torch_layers.kernel_init,
+                bias_init=torch_layers.bias_init(p * p * images.shape[-1]),
                 name="patch")(images)
     pos = self.param("pos_embedding", nn.initializers.normal(stddev=1.0),
                      x.shape[1:], jnp.float32)
@@ -144,7 +98,7 @@ class ChannelSelfAttention(nn.Module):
     heads = d // hc
 
     def project(name):
-      return _pixelwise(d, d, name, self.dtype)(x).reshape(b, h * w, heads, hc)
+      return torch_layers.linear(d, d, name, self.dtype)(x).reshape(b, h * w, heads, hc)
 
     q, k, v = project("q"), project("k"), project("v")
     # Scores and softmax in float32 under bfloat16 compute: each score is a
@@ -156,7 +110,7 @@ class ChannelSelfAttention(nn.Module):
     attention = jax.nn.softmax(scores, axis=-2)
     self.sow("intermediates", "attention", attention)
     out = jnp.einsum("bhij,bnhj->bnhi", attention.astype(self.dtype), v)
-    return _pixelwise(d, d, "unify_heads", self.dtype)(out.reshape(b, h, w, d))
+    return torch_layers.linear(d, d, "unify_heads", self.dtype)(out.reshape(b, h, w, d))
 
 
 class FeedForward(nn.Module):
@@ -169,9 +123,9 @@ class FeedForward(nn.Module):
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     hidden = self.mlp_ratio * d
-    x = _pixelwise(hidden, d, "fc1", self.dtype)(x)
+    x = torch_layers.linear(hidden, d, "fc1", self.dtype)(x)
     x = nn.gelu(x, approximate=False)  # torch.nn.GELU is erf-exact.
-    return _pixelwise(d, hidden, "fc2", self.dtype)(x)
+    return torch_layers.linear(d, hidden, "fc2", self.dtype)(x)
 
 
 class ConvViTBlock(nn.Module):
@@ -183,9 +137,9 @@ class ConvViTBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    y = _layer_norm("attn_norm", self.dtype)(x)
+    y = torch_layers.layer_norm("attn_norm", self.dtype)(x)
     x = ChannelSelfAttention(self.head_channels, self.dtype, name="attn")(y) + x
-    y = _layer_norm("ff_norm", self.dtype)(x)
+    y = torch_layers.layer_norm("ff_norm", self.dtype)(x)
     return FeedForward(self.mlp_ratio, self.dtype, name="ff")(y) + x
 
 
@@ -209,17 +163,17 @@ class ConvViT(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     del train  # The seed has no dropout or batch statistics.
-    _check_images(images, self.patch_size)
+    torch_layers.check_images(images, self.patch_size)
     x = Embedding(self.embedding_dim, self.patch_size, self.dtype,
                   name="embedding")(images)
     for i in range(self.depth):
       x = ConvViTBlock(self.head_channels, self.mlp_ratio, self.dtype,
                        name=f"layers_{i}")(x)
-    x = _layer_norm("norm", self.dtype)(x)
+    x = torch_layers.layer_norm("norm", self.dtype)(x)
     x = nn.gelu(x, approximate=False)  # The seed applies GELU before pooling.
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     # A float32 head keeps logits exact for the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
-                    bias_init=_torch_bias_init(self.embedding_dim),
+                    param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
+                    bias_init=torch_layers.bias_init(self.embedding_dim),
                     name="head")(x)

@@ -39,56 +39,20 @@ Within q, k, v and ``out``'s input, head h owns features h*D/heads ..
 (h+1)*D/heads - 1, as in PyTorch, so no per-head reordering is needed.
 """
 
-import math
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.models import torch_layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
 
-# PyTorch's Conv2d/Linear default, kaiming_uniform_(a=sqrt(5)), is exactly
-# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-_torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 # xavier_uniform_ on the fused [3D, D] in_proj_weight: bound sqrt(6 / 4D).
 # On one [D, D] slice, fan_avg is D, so scale 1/2 gives sqrt(3 * 0.5 / D).
 _torch_in_proj_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
-
-
-def _torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
-  """PyTorch's default bias init, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-  bound = 1.0 / math.sqrt(fan_in)
-
-  def init(key, shape, dtype=jnp.float32):
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-  return init
-
-
-def _linear(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
-  """A torch.nn.Linear with its default init."""
-  return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
-                  kernel_init=_torch_kernel_init,
-                  bias_init=_torch_bias_init(fan_in), name=name)
-
-
-def _check_images(images: Array, patch_size: int) -> None:
-  if images.ndim != 4:
-    raise ValueError(
-        f"Expected images of shape (batch, height, width, channels) (NHWC), "
-        f"got shape {tuple(images.shape)}.")
-  height, width = images.shape[1:3]
-  if height % patch_size or width % patch_size:
-    raise ValueError(
-        f"Image size {height}x{width} is not divisible by patch_size="
-        f"{patch_size}; the patch convolution would silently drop the "
-        f"remainder. Resize or crop the images to a multiple of {patch_size} "
-        f"(e.g. {height // patch_size * patch_size}x"
-        f"{width // patch_size * patch_size}), or set model.patch_size to a "
-        f"divisor of both sides.")
 
 
 class PatchEmbedding(nn.Module):
@@ -106,8 +70,8 @@ class PatchEmbedding(nn.Module):
   def __call__(self, images: Array) -> Array:
     p, d = self.patch_size, self.hidden_dim
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
-                bias_init=_torch_bias_init(p * p * images.shape[-1]),
+                param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
+                bias_init=torch_layers.bias_init(p * p * images.shape[-1]),
                 name="patch_layer")(images)
     b = x.shape[0]
     # Row-major over the patch grid, like the seed's flatten(-2).
@@ -149,7 +113,7 @@ class MultiHeadSelfAttention(nn.Module):
     out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
     # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
     return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=_torch_kernel_init,
+                    kernel_init=torch_layers.kernel_init,
                     bias_init=nn.initializers.zeros,
                     name="out")(out.reshape(b, n, d))
 
@@ -163,9 +127,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
-    x = _linear(self.mlp_dim, d, "fc1", self.dtype)(x)
+    x = torch_layers.linear(self.mlp_dim, d, "fc1", self.dtype)(x)
     x = nn.gelu(x, approximate=False)  # torch.nn.GELU is erf-exact.
-    return _linear(d, self.mlp_dim, "fc2", self.dtype)(x)
+    return torch_layers.linear(d, self.mlp_dim, "fc2", self.dtype)(x)
 
 
 class EncoderBlock(nn.Module):
@@ -179,8 +143,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     # Not pre-norm: the normalised x replaces the stream, and it is what the
     # attention residual adds back. Reproduced as the seed wrote it.
-    x = nn.LayerNorm(epsilon=1e-5, use_fast_variance=False, dtype=self.dtype,
-                     param_dtype=jnp.float32, name="layer_norm")(x)
+    x = torch_layers.layer_norm("layer_norm", self.dtype)(x)
     x = MultiHeadSelfAttention(self.num_heads, self.dtype,
                                name="self_attention")(x) + x
     return MlpBlock(self.mlp_dim, self.dtype, name="mlp_block")(x) + x
@@ -207,7 +170,7 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     del train  # The seed has no dropout or batch statistics.
-    _check_images(images, self.patch_size)
+    torch_layers.check_images(images, self.patch_size)
     x = PatchEmbedding(self.hidden_dim, self.patch_size, self.dtype,
                        name="patch_embedding")(images)
     for i in range(self.depth):
@@ -216,6 +179,6 @@ class ViT(nn.Module):
     # No final LayerNorm in the seed. A float32 head keeps logits exact for
     # the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    param_dtype=jnp.float32, kernel_init=_torch_kernel_init,
-                    bias_init=_torch_bias_init(self.hidden_dim),
+                    param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
+                    bias_init=torch_layers.bias_init(self.hidden_dim),
                     name="output_layer")(x[:, 0])
