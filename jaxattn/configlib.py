@@ -101,6 +101,9 @@ def base_config() -> ml_collections.ConfigDict:
       knots=((0.0, 1.0),), decay_rate=0.1, decay_every_epochs=30.0,
       staircase=True))
   c.grad_clip_norm = 0.0  # Global-norm clipping; 0 for none.
+  # Regex over '/'-joined parameter paths (e.g. "backbone/.*"): those
+  # parameters are not trained. "" trains everything.
+  c.frozen_params = ""
   c.label_smoothing = 0.0
 
   # Parallelism: "jit" (one program over a Mesh, sharded batch) or "pmap"

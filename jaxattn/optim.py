@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -85,4 +88,30 @@ def create_optimizer(config: ml_collections.ConfigDict,
                      f"{', '.join(OPTIMIZERS)}.")
   if config.grad_clip_norm:
     opt = optax.chain(optax.clip_by_global_norm(config.grad_clip_norm), opt)
-  return opt
+  if not config.frozen_params:
+    return opt
+  # Frozen parameters get no update, no weight decay, and take no part in
+  # the clipping norm: as if PyTorch had requires_grad=False on them.
+  return optax.multi_transform(
+      {"train": opt, "frozen": optax.set_to_zero()},
+      lambda params: jax.tree.map(lambda frozen: "frozen" if frozen else
+                                  "train", frozen_mask(params,
+                                                       config.frozen_params)))
+
+
+def param_paths(params):
+  """The tree of '/'-joined names of each parameter ('layers_0/q/kernel')."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path),
+      params)
+
+
+def frozen_mask(params, pattern: str):
+  """True for parameters whose path fully matches the regex `pattern`."""
+  try:
+    regex = re.compile(pattern)
+  except re.error as e:
+    raise ValueError(f"config.frozen_params={pattern!r} is not a valid "
+                     f"regular expression: {e}.") from None
+  return jax.tree.map(lambda path: bool(regex.fullmatch(path)),
+                      param_paths(params))

@@ -194,6 +194,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     logging.info("Training in %s is already complete (step %d).", workdir,
                  start_step)
     ckpt.close()
+    writer.close()
     return _read_results(workdir)
 
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
@@ -227,8 +228,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
   train_metrics = None
-  epoch_start = time.time()
   step = start_step
+  epoch_start, epoch_start_step = time.time(), start_step
   logging.info("Training from step %d to %d.", start_step, total_steps)
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -247,14 +248,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
     end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
     epoch = math.ceil(step / steps_per_epoch)
-    if end_of_epoch:
+    if end_of_epoch:  # Training time only: evaluation is not counted.
       seconds = time.time() - epoch_start
-      epoch_start = time.time()
+      images_per_second = ((step - epoch_start_step) * config.batch_size /
+                           seconds)
       writer.write_scalars(step, {"epoch_seconds": seconds,
-                                  "images_per_second": (steps_per_epoch *
-                                                        config.batch_size /
-                                                        seconds)})
-      logging.info("Epoch %d done in %.1f s.", epoch, seconds)
+                                  "images_per_second": images_per_second})
+      logging.info("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
+                   seconds, images_per_second)
     evaluate_now = end_of_epoch and config.val_split and (
         epoch % config.eval_every_epochs == 0 or step == total_steps)
     is_best = False
@@ -286,6 +287,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    "evaluations.", step, config.best_metric,
                    config.early_stopping_patience)
       break
+    if end_of_epoch:
+      epoch_start, epoch_start_step = time.time(), step
 
   # --- Final evaluation --------------------------------------------------------
   ckpt.wait()
@@ -300,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                 for k, v in results["test"].items()})
     logging.info("Test (%s) at step %d: %s", config.test_split, step,
                  results["test"])
-  writer.flush()
+  writer.close()
   ckpt.close()
   if is_chief:
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:

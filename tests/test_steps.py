@@ -96,3 +96,29 @@ def test_per_example_outputs(smoothing):
   target = jax.nn.one_hot(jnp.array([1, 2]), 6) * (1 - smoothing) + smoothing / 6
   np.testing.assert_allclose(out["loss"], -(target * jnp.log(p)).sum(-1),
                              rtol=1e-5)
+
+
+def test_frozen_params_do_not_move_and_skip_the_clip_norm():
+  model = create_model("conv_vit", num_classes=3, embedding_dim=8, depth=1,
+                       head_channels=4)
+  c = configlib.base_config()
+  c.optimizer.name, c.optimizer.weight_decay = "adamw", 0.1
+  c.grad_clip_norm = 1e-3
+  c.frozen_params = "embedding/.*|layers_0/attn/q/.*"
+  lr_fn = optim.create_learning_rate_fn(c, 1, 1)
+  tx = optim.create_optimizer(c, lr_fn)
+  state = steps.create_train_state(jax.random.key_data(jax.random.key(2)),
+                                   model=model, tx=tx, image_shape=(4, 4, 3))
+  rng = np.random.default_rng(2)
+  batch = dict(image=rng.normal(size=(4, 4, 4, 3)).astype(np.float32),
+               label=rng.integers(0, 3, 4))
+  new, _ = steps.train_step(state, batch, model=model, tx=tx,
+                            learning_rate_fn=lr_fn)
+  paths = optim.param_paths(state.params)
+  moved = jax.tree.map(lambda a, b: bool(np.any(a != b)), state.params,
+                       new.params)
+  for path, did_move in zip(jax.tree.leaves(paths), jax.tree.leaves(moved)):
+    frozen = path.startswith("embedding/") or path.startswith("layers_0/attn/q/")
+    assert did_move != frozen, path
+  with pytest.raises(ValueError, match="not a valid regular expression"):
+    optim.frozen_mask(state.params, "(")
