@@ -105,6 +105,13 @@ def base_config() -> ml_collections.ConfigDict:
   # parameters are not trained. "" trains everything.
   c.frozen_params = ""
   c.label_smoothing = 0.0
+  # Models that return a dict of named outputs (seed 000's hybrid): the loss
+  # is sum(weight * cross-entropy) over loss_weights; metrics use
+  # metric_output. model_outputs says whether outputs are "logits" or
+  # softmax "probabilities".
+  c.model_outputs = "logits"
+  c.loss_weights = ml_collections.ConfigDict()
+  c.metric_output = ""
 
   # Parallelism: "jit" (one program over a Mesh, sharded batch) or "pmap"
   # (per-device program with explicit collectives, via jax.shard_map).

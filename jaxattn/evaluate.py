@@ -45,7 +45,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   state, _, step = ckpt.restore(abstract_state, checkpoint)
   ckpt.close()
   state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
-  eval_fn = train.make_eval_fn(model, mesh, state_sharding)
+  eval_fn = train.make_eval_fn(model, mesh, state_sharding, config)
   results = train.evaluate_split(eval_fn, state, source, split, config, shard,
                                  mesh)
   results.update(split=split, step=step, checkpoint=str(checkpoint))

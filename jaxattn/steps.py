@@ -13,6 +13,7 @@
 """
 
 
+import dataclasses
 import functools
 from typing import Any
 
@@ -78,6 +79,57 @@ def create_train_state(rng: jax.Array, *, model: nn.Module,
                     opt_state=tx.init(params), rng=state_rng)
 
 
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """How model outputs become a loss and the metrics' logits.
+
+  A model returns logits, or a dict of named outputs (seed 000's hybrid
+  returns the probabilities of two heads and their average). For a dict, the
+  loss is sum(weight * cross-entropy) over ``output_weights`` and metrics use
+  ``metric_output``. ``probabilities`` means outputs are softmax outputs:
+  their clipped logarithm serves as logits (Keras' categorical cross-entropy
+  on probabilities clips to [1e-7, 1 - 1e-7] the same way).
+  """
+
+  label_smoothing: float = 0.0
+  output_weights: tuple[tuple[str, float], ...] = ()
+  metric_output: str = ""
+  probabilities: bool = False
+
+  @classmethod
+  def from_config(cls, config) -> "LossSpec":
+    return cls(label_smoothing=config.label_smoothing,
+               output_weights=tuple(sorted(dict(config.loss_weights).items())),
+               metric_output=config.metric_output,
+               probabilities=config.model_outputs == "probabilities")
+
+  def as_logits(self, output: jax.Array) -> jax.Array:
+    output = output.astype(jnp.float32)
+    if self.probabilities:
+      return jnp.log(jnp.clip(output, 1e-7, 1.0 - 1e-7))
+    return output
+
+  def per_example(self, model_output, labels: jax.Array
+                  ) -> dict[str, jax.Array]:
+    """Per-example loss and top-1/top-5 hits."""
+    if not isinstance(model_output, dict):
+      return per_example_outputs(self.as_logits(model_output), labels,
+                                 self.label_smoothing)
+    missing = [k for k, _ in self.output_weights if k not in model_output]
+    if missing or self.metric_output not in model_output:
+      raise ValueError(
+          f"The model returns outputs {sorted(model_output)}; "
+          f"config.loss_weights names {[k for k, _ in self.output_weights]} "
+          f"and config.metric_output is {self.metric_output!r}.")
+    result = per_example_outputs(self.as_logits(model_output[
+        self.metric_output]), labels, self.label_smoothing)
+    result["loss"] = sum(
+        weight * per_example_outputs(self.as_logits(model_output[name]),
+                                     labels, self.label_smoothing)["loss"]
+        for name, weight in self.output_weights)
+    return result
+
+
 def per_example_outputs(logits: jax.Array, labels: jax.Array,
                         label_smoothing: float = 0.0) -> dict[str, jax.Array]:
   """Cross-entropy and top-1/top-5 hits for each example."""
@@ -95,7 +147,7 @@ def per_example_outputs(logits: jax.Array, labels: jax.Array,
 
 
 def _update(state: TrainState, batch: Batch, *, model: nn.Module,
-            tx: optax.GradientTransformation, label_smoothing: float,
+            tx: optax.GradientTransformation, loss_spec: LossSpec,
             axis_name: str | None = None
             ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; with `axis_name`, on one device's slice."""
@@ -107,8 +159,8 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
   def loss_fn(params):
     out = model.apply(variables_of(params, state.batch_stats), batch["image"],
                       train=True, mutable=mutable, rngs={"dropout": rng})
-    logits, new_vars = out if mutable else (out, {})
-    outputs = per_example_outputs(logits, batch["label"], label_smoothing)
+    model_output, new_vars = out if mutable else (out, {})
+    outputs = loss_spec.per_example(model_output, batch["label"])
     return outputs["loss"].mean(), (outputs, new_vars.get("batch_stats", {}))
 
   grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -124,11 +176,11 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, learning_rate_fn,
-               label_smoothing: float = 0.0, parallel: str = "jit",
+               loss_spec: LossSpec = LossSpec(), parallel: str = "jit",
                mesh: Mesh | None = None) -> tuple[TrainState, TrainMetrics]:
   """One step on a global batch; returns the new state and its metrics."""
   update = functools.partial(_update, model=model, tx=tx,
-                             label_smoothing=label_smoothing)
+                             loss_spec=loss_spec)
   if parallel == "pmap":
     # check_vma=False gives pmap's semantics: gradients stay per device
     # until the explicit pmean. (With it on, differentiating replicated
@@ -145,9 +197,9 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
   return new_state, step_metrics
 
 
-def eval_step(state: TrainState, batch: Batch, *,
-              model: nn.Module) -> EvalMetrics:
+def eval_step(state: TrainState, batch: Batch, *, model: nn.Module,
+              loss_spec: LossSpec = LossSpec()) -> EvalMetrics:
   """Metrics of one padded batch; examples with mask 0 do not count."""
-  logits = model.apply(state.variables(), batch["image"], train=False)
+  output = model.apply(state.variables(), batch["image"], train=False)
   return EvalMetrics.single_from_model_output(
-      mask=batch["mask"], **per_example_outputs(logits, batch["label"]))
+      mask=batch["mask"], **loss_spec.per_example(output, batch["label"]))

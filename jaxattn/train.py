@@ -102,8 +102,9 @@ def abstract_train_state(config, model, tx, mesh):
       shapes)
 
 
-def make_eval_fn(model, mesh, state_sharding):
-  return jax.jit(functools.partial(steps.eval_step, model=model),
+def make_eval_fn(model, mesh, state_sharding, config):
+  return jax.jit(functools.partial(steps.eval_step, model=model,
+                                   loss_spec=steps.LossSpec.from_config(config)),
                  in_shardings=(state_sharding, parallel.batch_sharded(mesh)),
                  out_shardings=parallel.replicated(mesh))
 
@@ -210,12 +211,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_fn = jax.jit(
       functools.partial(steps.train_step, model=model, tx=tx,
                         learning_rate_fn=learning_rate_fn,
-                        label_smoothing=config.label_smoothing,
+                        loss_spec=steps.LossSpec.from_config(config),
                         parallel=config.parallel, mesh=mesh),
       in_shardings=(state_sharding, batch_sharding),
       out_shardings=(state_sharding, parallel.replicated(mesh)),
       donate_argnums=0)
-  eval_fn = make_eval_fn(model, mesh, state_sharding)
+  eval_fn = make_eval_fn(model, mesh, state_sharding, config)
 
   # --- Input: resumes at the exact position of start_step --------------------
   train_ds = pipeline.create_train_dataset(

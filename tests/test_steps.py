@@ -122,3 +122,22 @@ def test_frozen_params_do_not_move_and_skip_the_clip_norm():
     assert did_move != frozen, path
   with pytest.raises(ValueError, match="not a valid regular expression"):
     optim.frozen_mask(state.params, "(")
+
+
+def test_loss_spec_for_dict_outputs_of_probabilities():
+  """Seed 000: weighted cross-entropy on softmax outputs, metrics on one."""
+  spec = steps.LossSpec(output_weights=(("model0", 0.75), ("vit", 0.25),
+                                        ("average", 2.0)),
+                        metric_output="average", probabilities=True)
+  labels = jnp.array([0, 2])
+  p0 = jnp.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]])
+  p1 = jnp.array([[0.2, 0.5, 0.3], [0.3, 0.3, 0.4]])
+  out = spec.per_example(dict(model0=p0, vit=p1, average=(p0 + p1) / 2),
+                         labels)
+  ce = lambda p: -np.log(np.asarray(p)[np.arange(2), labels])  # noqa: E731
+  np.testing.assert_allclose(
+      out["loss"], 0.75 * ce(p0) + 0.25 * ce(p1) + 2.0 * ce((p0 + p1) / 2),
+      rtol=1e-5)
+  np.testing.assert_array_equal(out["top1"], [1.0, 1.0])
+  with pytest.raises(ValueError, match="config.loss_weights"):
+    spec.per_example(dict(model0=p0), labels)
