@@ -8,9 +8,12 @@ starting points and lets converted checkpoints give the same logits:
   biases with the same bound (Flax defaults: lecun_normal and zeros).
 * ``torch.nn.LayerNorm`` uses eps 1e-5 and a two-pass variance (Flax: 1e-6
   and a fast one-pass variance).
+* ``torch.nn.BatchNorm`` uses momentum 0.1 for the running statistics (Flax
+  counts the other way: 0.9) and eps 1e-5.
 """
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -19,7 +22,19 @@ import jax.numpy as jnp
 
 Array = jax.Array
 
-kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+_kaiming_uniform_a_sqrt5 = nn.initializers.variance_scaling(
+    1 / 3, "fan_in", "uniform")
+
+
+def kernel_init(key, shape, dtype=jnp.float32) -> Array:
+  """PyTorch's default Conv2d/Linear weight init, U(+-1/sqrt(fan_in)).
+
+  Zero-size kernels are allowed (seed 003's ``Linear(12, 0)``): PyTorch skips
+  initialising an empty tensor, and there is nothing to draw.
+  """
+  if math.prod(shape) == 0:
+    return jnp.zeros(shape, dtype)
+  return _kaiming_uniform_a_sqrt5(key, shape, dtype)
 
 
 def bias_init(fan_in: int) -> nn.initializers.Initializer:
@@ -37,6 +52,30 @@ def linear(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=kernel_init, bias_init=bias_init(fan_in),
                   name=name)
+
+
+def conv(features: int, kernel_size: tuple[int, int], fan_in: int, name: str,
+         dtype: Any, *, strides: tuple[int, int] = (1, 1),
+         padding: Any = "VALID", use_bias: bool = True,
+         feature_group_count: int = 1,
+         kernel_init: Callable[..., Array] = kernel_init) -> nn.Conv:
+  """``torch.nn.Conv2d`` on NHWC maps; ``fan_in = kh * kw * in / groups``.
+
+  ``padding`` takes explicit pairs (``((2, 2), (2, 2))`` for PyTorch's
+  ``padding=2``); "VALID" is PyTorch's ``padding=0``. Flax's "SAME" is not
+  PyTorch's padding for strided convolutions, hence no default to it.
+  """
+  return nn.Conv(features, kernel_size, strides=strides, padding=padding,
+                 use_bias=use_bias, feature_group_count=feature_group_count,
+                 dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
+                 bias_init=bias_init(fan_in), name=name)
+
+
+def batch_norm(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
+  """``torch.nn.BatchNorm{1,2}d`` (momentum 0.1 == Flax 0.9, eps 1e-5)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
+                      name=name)
 
 
 def layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
