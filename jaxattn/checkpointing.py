@@ -20,6 +20,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import orbax.checkpoint as ocp
 
@@ -38,6 +39,21 @@ def _manager(directory: str, keep: int, *, read_only: bool = False):
       enable_async_checkpointing=not read_only)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "meta"))
+
+
+def _drop_empty(tree: Any) -> Any:
+  """Zero-size arrays -> None: Orbax refuses to save them.
+
+  Seed 003's SE block has a zero-width hidden layer (kernel [12, 0]); it has
+  nothing to store, and restore() recreates it from the target's shape.
+  """
+  return jax.tree.map(lambda x: None if x.size == 0 else x, tree)
+
+
+def _restore_empty(restored: Any, target: Any) -> Any:
+  return jax.tree.map(
+      lambda t, r: jnp.zeros(t.shape, t.dtype, device=t.sharding)
+      if r is None else r, target, restored, is_leaf=lambda x: x is None)
 
 
 def abstract_like(tree: Any) -> Any:
@@ -66,15 +82,13 @@ class RunCheckpoints:
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *,
            best: bool = False) -> None:
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              meta=ocp.args.JsonSave(meta))
+    state = _drop_empty(state)
     # force=True: the trainer decides when to save; Orbax's own interval
     # policy must not skip any of them.
-    self._latest.save(step, args=args, force=True)
-    if best:
-      self._best.save(step, args=ocp.args.Composite(
+    for manager in (self._latest, self._best) if best else (self._latest,):
+      manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                      force=True)
+                   force=True)
 
   def resolve(self, which: str | int | None) -> tuple[str, int]:
     """'latest' | 'best' | step -> (kind, step), with a clear error."""
@@ -111,8 +125,9 @@ class RunCheckpoints:
     """(state, meta, step) restored onto the abstract state's shardings."""
     kind, step = self.resolve(which)
     manager = self._best if kind == "best" else self._latest
-    args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state),
-                              meta=ocp.args.JsonRestore())
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(_drop_empty(abstract_state)),
+        meta=ocp.args.JsonRestore())
     try:
       restored = manager.restore(step, args=args)
     except (ValueError, KeyError, TypeError) as e:
@@ -120,7 +135,8 @@ class RunCheckpoints:
           f"The checkpoint at step {step} in {self.workdir} does not fit the "
           f"configured model/optimizer: {e}. Was the workdir written with a "
           "different config? Use a fresh --workdir for a different model.") from e
-    return restored.state, dict(restored.meta), step
+    state = _restore_empty(restored.state, abstract_state)
+    return state, dict(restored.meta), step
 
   def wait(self) -> None:
     self._latest.wait_until_finished()

@@ -91,3 +91,29 @@ def cifar_crop_and_flip(c: ml_collections.ConfigDict) -> None:
   c.augment.random_resized_crop = True
   c.augment.crop_scale, c.augment.crop_ratio = (0.08, 1.0), (3 / 4, 4 / 3)
   c.augment.flip = True
+
+
+def seed003_mnist_cnn(block: str) -> ml_collections.ConfigDict:
+  """Seed 003 (4.2 / 4.3 notebooks): the MNIST CNN with SE or SA blocks.
+
+  Raw 0..255 grey values (no /255, no normalisation), every BatchNorm scale
+  fixed at 1 (frozen), Adam 1e-3, batch 128, 10 epochs, no augmentation,
+  no schedule; 50k/10k train/validation split of the 60k training images
+  (the authors' random_split had no seed: ours is the TFDS order).
+  """
+  from jaxattn.models import mnist_cnn  # pylint: disable=g-import-not-at-top
+  c = configlib.base_config()
+  c.dataset = "tfds:mnist"
+  c.image_size = (28, 28)
+  c.train_split, c.val_split, c.test_split = (
+      "train[:50000]", "train[50000:]", "test")
+  # x / 255 is undone by std = 1/255: the network sees 0..255.
+  c.pixel_mean, c.pixel_std = (0.0,), (1 / 255,)
+  c.model = dict(name=f"{block}_cnn")
+  c.frozen_params = mnist_cnn.FROZEN_PARAMS_REGEX
+  c.num_epochs = 10
+  c.batch_size, c.eval_batch_size = 128, 256
+  c.optimizer = dict(name="adam", b1=0.9, b2=0.999, eps=1e-8,
+                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.schedule.name, c.schedule.lr = "constant", 1e-3
+  return c

@@ -39,7 +39,8 @@ def metadata_source(config: ml_collections.ConfigDict) -> sources.DataSource:
 def parameter_table(config: ml_collections.ConfigDict
                     ) -> tuple[list[tuple[str, int, int]], int, int]:
   """([(module, params, trainable)], total, trainable) of the config's model."""
-  config = train.resolve_config(config, metadata_source(config))
+  config = train.resolve_config(config, metadata_source(config),
+                                check_splits=False)
   model = train.build_model(config)
   variables = jax.eval_shape(
       lambda: model.init(jax.random.key(0), jnp.zeros(

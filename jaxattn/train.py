@@ -41,8 +41,13 @@ def get_source(config: ml_collections.ConfigDict) -> sources.DataSource:
 
 
 def resolve_config(config: ml_collections.ConfigDict,
-                   source: sources.DataSource) -> ml_collections.ConfigDict:
-  """Fills what the dataset decides (classes, channels) and checks the rest."""
+                   source: sources.DataSource, *,
+                   check_splits: bool = True) -> ml_collections.ConfigDict:
+  """Fills what the dataset decides (classes, channels) and checks the rest.
+
+  ``check_splits=False`` skips the split checks, for callers that only have
+  the dataset's metadata (``jaxattn.summary``).
+  """
   config = ml_collections.ConfigDict(config.to_dict())  # Never edit the caller's.
   configlib.check_duration(config)
   if not config.num_classes:
@@ -55,13 +60,15 @@ def resolve_config(config: ml_collections.ConfigDict,
   with config.unlocked():
     config.num_channels = source.image_shape[2]
     config.class_names = list(source.class_names)
-  if config.test_split and not source.has_split(config.test_split):
+  if not check_splits:
+    pass
+  elif config.test_split and not source.has_split(config.test_split):
     # A folder of training images has no test split; say so, don't fail.
     logging.warning("config.test_split=%r is not a split of %s (splits: %s); "
                     "the final test evaluation is skipped.", config.test_split,
                     source.name, source.split_names)
     config.test_split = ""
-  for split_key in ("train_split", "val_split"):
+  for split_key in ("train_split", "val_split") if check_splits else ():
     if config[split_key]:
       try:
         source.num_examples(config[split_key])

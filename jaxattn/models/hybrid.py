@@ -1,0 +1,591 @@
+"""Seed 000: the "local / non-local fusion" hybrid on a frozen ViT-B/8.
+
+What the authors' Keras notebook really computes (``specs/seeds.md``, "Seed
+000"; it differs from their README): a frozen ImageNet ViT-B/8 produces 1000
+*logits* ``L``; a small trainable CNN ("Attention Module 1", Keras ``model_1``)
+turns ``L`` into 1000 features ``F1``; two identical MLP heads read
+``concat([F1, L])`` and their two softmax outputs are averaged.
+
+Three modules, so a trainer can cache the backbone's logits:
+
+* ``ViTBackbone`` -- a standard ViT in the vit_jax / big_vision parameter
+  layout, so an official ``.npz`` loads with ``load_vit_npz``.
+* ``HybridFusionHead`` (registered ``"hybrid_head"``) -- ``model_1`` plus the
+  two heads, from (B, 1000) logits to ``{"model0", "vit", "average"}``
+  probabilities.
+* ``Hybrid`` (registered ``"hybrid"``) -- ``backbone`` + ``fusion``;
+  ``params["fusion"]`` has exactly ``HybridFusionHead``'s tree.
+
+Seed quirks reproduced on purpose (each has a switch where one makes sense):
+
+* The "max" pooling branch is ``AveragePooling1D`` too, so both rows of the
+  (2, 1033) map are identical (``duplicate_avg_branch=True``; ``False`` uses a
+  real ``MaxPooling1D`` branch of the same sizes, which is what the layer names
+  ``max_pool_1..3`` suggest was meant).
+* The ``vit`` head reads ``concat([F1, L])`` like ``model0`` (the authors cast
+  the wrong tensor), so the two heads see the same information. Kept; there is
+  no switch, as a "fixed" ``vit`` head would be a guess.
+* CIFAR-100 / Cars: the pipeline maps images to [-1, 1] and the model applies
+  ``x / 127.5 - 1`` again, so the ViT sees about -1 +- 0.008
+  (``Hybrid.double_normalization``, default False; those configs turn it on).
+* Keras numerics: BatchNormalization momentum 0.99 and epsilon 1e-3; he_normal
+  (truncated normal, std sqrt(2 / fan_in)) conv kernels with Keras' fan-in --
+  for the DepthwiseConv1D Keras counts fan_in = 250 * 250 = 62,500 (std about
+  0.00566), not Flax's 250; glorot_uniform Dense kernels; zero biases.
+
+Differences from the notebook:
+
+* The authors resized inside the model (``Resizing(224, 224, "lanczos5")``
+  after ``Rescaling``). Here the input pipeline delivers 224x224 images in
+  [-1, 1]; the model never resizes.
+* The notebook held three frozen copies of the hub ViT that all saw the same
+  input; one shared backbone computes the same ``L``.
+* ``refinement="bottleneck"`` is not in the live Keras graph; see
+  ``BottleneckRefinement``. With ``refinement="none"`` (default) the trainable
+  parameters are the notebook's: 2,580,582 / 2,586,522 / 2,592,858 for 10 /
+  100 / 196 classes, plus 1,884 BatchNorm statistics in ``batch_stats``
+  (Keras' 2,582,466 / 2,588,406 / 2,594,742 in total).
+
+Parameter names of ``HybridFusionHead`` (Flax ``params/...`` <- Keras weight).
+Conv1D kernels (k, in, out) and Dense kernels (in, out) have the same layout
+in both. The Keras BatchNormalization and final Dense layers have
+auto-generated names (``batch_normalization_N``, ``dense_N``), so match them
+by creation order, which is the order below:
+
+  decrease_dimension_1/{kernel,bias}   <- model_1/decrease_dimension_1 (1,1033,500)
+  conv2D_1_module_1/{kernel,bias}      <- model_1/conv2D_1_module_1 (3,1033,500)
+  conv2D_1_module_1_bn/{scale,bias}    <- model_1's 1st BatchNormalization gamma, beta
+                                          (moving_mean, moving_variance ->
+                                          batch_stats .../{mean,var})
+  conv2D_2_module_1/{kernel,bias}      <- model_1/conv2D_2_module_1 (1,500,250)
+  conv2D_2_module_1_bn                 <- model_1's 2nd BatchNormalization
+  conv2D_3_module_1/kernel (250,1,500) <- depthwise_kernel (250,250,2).reshape(250,1,500)
+  conv2D_3_module_1/bias               <- bias (500), channel order c*2+m in both
+  dense2w, dense2w_bn, dense1w, dense1w_bn, model0_logits
+                                       <- dense2w, BN, dense1w, BN, Dense(C) of 'model0'
+  dense_vit11, dense_vit11_bn, dense_vit12, dense_vit12_bn, vit_logits
+                                       <- the same for the 'vit' head
+"""
+
+from collections.abc import Mapping
+import math
+import os
+from typing import Any
+
+import flax.linen as nn
+from flax import traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxattn.models import torch_layers
+from jaxattn.models.registry import register
+
+Array = jax.Array
+PyTree = Any
+
+# ViT-B/8 at 224 px: the AugReg checkpoint behind TF-Hub
+# sayakpaul/vit_b8_classification/1, which outputs 1000 ImageNet logits.
+IMAGENET_CLASSES = 1000
+
+# Keras initialisers. he_normal is a normal truncated at 2 std whose std after
+# truncation is sqrt(2 / fan_in) -- exactly Flax's variance_scaling
+# "truncated_normal". Keras and Flax agree on fan_in for Conv1D kernels
+# (k, in / groups, out) and on glorot_uniform's fan_avg for Dense kernels.
+_he_normal = nn.initializers.variance_scaling(2.0, "fan_in", "truncated_normal")
+_glorot_uniform = nn.initializers.glorot_uniform()
+
+
+def _keras_depthwise_he_normal(channels: int) -> nn.initializers.Initializer:
+  """he_normal as Keras applies it to a DepthwiseConv1D kernel.
+
+  Keras' kernel is (k, channels, multiplier) and its fan_in is
+  k * channels; Flax's grouped kernel is (k, 1, channels * multiplier) with
+  fan_in k. Scaling the variance by 1 / channels gives Keras' std.
+  """
+  return nn.initializers.variance_scaling(2.0 / channels, "fan_in",
+                                          "truncated_normal")
+
+
+# --------------------------------------------------------------------------
+# The frozen backbone: ViT in the vit_jax parameter layout.
+# --------------------------------------------------------------------------
+
+
+class _PositionEmbedding(nn.Module):
+  """Learned (1, N+1, D) positional embedding, vit_jax's AddPositionEmbs."""
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    pos = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                     (1,) + x.shape[1:], jnp.float32)
+    return x + pos.astype(x.dtype)
+
+
+class _MlpBlock(nn.Module):
+  """Dense -> GELU (tanh approximation, Flax's default) -> Dense."""
+
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    dense = lambda features, name: nn.Dense(
+        features, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.xavier_uniform(),
+        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
+    y = nn.gelu(dense(self.mlp_dim, "Dense_0")(x))
+    return dense(x.shape[-1], "Dense_1")(y)
+
+
+class _EncoderBlock(nn.Module):
+  """Pre-norm block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
+
+  The child names are the ones in the published checkpoints (written by an old
+  Flax whose auto-naming counter was shared across layer types), not what
+  today's auto-naming would produce.
+  """
+
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                     name="LayerNorm_0")(x)
+    y = nn.MultiHeadDotProductAttention(
+        num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
+        kernel_init=nn.initializers.xavier_uniform(), deterministic=True,
+        name="MultiHeadDotProductAttention_1")(y)
+    x = x + y
+    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                     name="LayerNorm_2")(x)
+    return x + _MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_3")(y)
+
+
+class _Encoder(nn.Module):
+  """vit_jax's ``Transformer``: pos-embedding, blocks, final LayerNorm."""
+
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = _PositionEmbedding(name="posembed_input")(x)
+    for i in range(self.depth):
+      x = _EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
+                        name=f"encoderblock_{i}")(x)
+    return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
+                        name="encoder_norm")(x)
+
+
+class ViTBackbone(nn.Module):
+  """ViT with a class token, in the vit_jax / big_vision checkpoint layout.
+
+  Defaults are ViT-B/8 with the 1000-class ImageNet head (86,576,872
+  parameters at 224 px). Returns float32 logits (B, num_outputs) from the class
+  token. The top-level parameter paths equal the ``.npz`` keys split at '/'::
+
+    embedding/{kernel [p,p,3,D], bias}   cls [1,1,D]
+    Transformer/posembed_input/pos_embedding [1,N+1,D]
+    Transformer/encoderblock_{i}/LayerNorm_0, LayerNorm_2/{scale,bias}
+    Transformer/encoderblock_{i}/MultiHeadDotProductAttention_1/
+        {query,key,value}/{kernel [D,H,D/H], bias [H,D/H]}
+        out/{kernel [H,D/H,D], bias [D]}
+    Transformer/encoderblock_{i}/MlpBlock_3/Dense_0, Dense_1/{kernel,bias}
+    Transformer/encoder_norm/{scale,bias}
+    head/{kernel [D,num_outputs], bias}
+
+  vit_jax numerics: LayerNorm eps 1e-6, tanh-approximate GELU, no dropout
+  (AugReg fine-tuned with dropout 0 and stochastic depth 0, and here the
+  backbone is frozen), so ``train`` changes nothing. Initialisation follows
+  vit_jax except the head (vit_jax: zeros), which is xavier-uniform here so
+  that an unloaded backbone still gives varied logits in smoke runs; every
+  real use loads a checkpoint. The positional embedding's length comes from
+  the image size seen at init (785 tokens at 224 px); ``load_vit_npz`` can
+  resize a checkpoint's embedding to it.
+  """
+
+  patch_size: int = 8
+  hidden_size: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  num_outputs: int = IMAGENET_CLASSES
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images: Array, *, train: bool = False) -> Array:
+    del train  # No dropout, no batch statistics.
+    torch_layers.check_images(images, self.patch_size)
+    if self.hidden_size % self.num_heads:
+      raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
+                       f"num_heads={self.num_heads}.")
+    p, d = self.patch_size, self.hidden_size
+    x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                param_dtype=jnp.float32, name="embedding")(images)
+    b = x.shape[0]
+    x = x.reshape(b, -1, d)  # Row-major over the patch grid, as vit_jax.
+    cls = self.param("cls", nn.initializers.zeros, (1, 1, d), jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(x.dtype), (b, 1, d)), x],
+                        axis=1)
+    x = _Encoder(self.depth, self.num_heads, self.mlp_dim, self.dtype,
+                 name="Transformer")(x)
+    # A float32 head: these logits are the fusion head's only input.
+    return nn.Dense(self.num_outputs, dtype=jnp.float32, param_dtype=jnp.float32,
+                    kernel_init=nn.initializers.xavier_uniform(), name="head")(
+                        x[:, 0])
+
+
+# --------------------------------------------------------------------------
+# Loading an official vit_jax / big_vision .npz.
+# --------------------------------------------------------------------------
+
+_POSEMB = ("Transformer", "posembed_input", "pos_embedding")
+
+
+def _resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
+  """vit_jax's fine-tuning resize: keep the class row, zoom the grid bilinearly.
+
+  Same as ``vit_jax.checkpoint.load_pretrained``: ``scipy.ndimage.zoom`` with
+  order 1 over a square grid.
+  """
+  import scipy.ndimage  # pylint: disable=g-import-not-at-top
+  tok, grid = posemb[:, :1], posemb[0, 1:]
+  gs_old, gs_new = math.isqrt(grid.shape[0]), math.isqrt(num_tokens - 1)
+  if gs_old**2 != grid.shape[0] or gs_new**2 != num_tokens - 1:
+    raise ValueError(
+        f"Cannot resize the positional embedding from {posemb.shape[1]} to "
+        f"{num_tokens} tokens: both must be 1 class token plus a square patch "
+        f"grid. Build the model on square images.")
+  grid = grid.reshape(gs_old, gs_old, -1)
+  zoom = (gs_new / gs_old, gs_new / gs_old, 1)
+  grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, gs_new * gs_new, -1)
+  return np.concatenate([tok, grid], axis=1)
+
+
+def _mismatch_hints(target: Mapping, missing, unexpected, wrong) -> list[str]:
+  hints = []
+  if set(target) & {"params", "backbone", "fusion"}:
+    hints.append("target_params looks like a variables dict or a Hybrid's "
+                 "params; pass variables['params'] of a ViTBackbone, or "
+                 "params['backbone'] of a Hybrid.")
+  if any(k[0] == "pre_logits" for k in unexpected):
+    hints.append("The checkpoint has a 'pre_logits' layer: it is an "
+                 "ImageNet-21k pre-training checkpoint; use an ImageNet-1k "
+                 "fine-tuned one (its name ends in '--imagenet2012-...').")
+  if any(k[0] == "head" for k, _, _ in wrong):
+    hints.append("The head sizes differ: set ViTBackbone.num_outputs to the "
+                 "checkpoint's class count (1000 for the authors' hub layer).")
+  if any(k == _POSEMB for k, _, _ in wrong):
+    hints.append("The positional embeddings differ: pass resize_posemb=True "
+                 "or build the model at the checkpoint's resolution.")
+  if missing or len(wrong) > 1:
+    hints.append("Check patch_size, hidden_size, depth, num_heads and mlp_dim "
+                 "against the checkpoint's name (B_8: 8, 768, 12, 12, 3072).")
+  return hints
+
+
+def load_vit_npz(path: str | os.PathLike, target_params: PyTree, *,
+                 resize_posemb: bool = True) -> dict:
+  """Reads a vit_jax / big_vision ``.npz`` into ``ViTBackbone`` params.
+
+  Args:
+    path: the ``.npz`` (keys are '/'-joined parameter paths). Only read.
+    target_params: the param tree (real arrays or ``jax.eval_shape``'s
+      ``ShapeDtypeStruct``s) of the ViTBackbone to load into, e.g.
+      ``variables["params"]`` or ``Hybrid``'s ``params["backbone"]``.
+    resize_posemb: if only the positional embedding's token count differs,
+      resize its patch grid as vit_jax does for fine-tuning at another
+      resolution.
+
+  Returns:
+    A nested dict with the target's structure holding host NumPy arrays in the
+    target's dtypes.
+
+  Raises:
+    ValueError: listing every missing key, unexpected key and shape mismatch.
+  """
+  with np.load(path, allow_pickle=False) as npz:
+    flat = {tuple(k.split("/")): np.asarray(npz[k]) for k in npz.files}
+  target = traverse_util.flatten_dict(target_params)
+  missing = sorted(set(target) - set(flat))
+  unexpected = sorted(set(flat) - set(target))
+  wrong = []
+  for key in sorted(set(flat) & set(target)):
+    have, want = flat[key].shape, tuple(target[key].shape)
+    if have == want:
+      continue
+    if (key == _POSEMB and resize_posemb and len(have) == 3 and
+        have[0] == want[0] == 1 and have[2] == want[2]):
+      flat[key] = _resize_posemb(flat[key], want[1])
+      continue
+    wrong.append((key, have, want))
+  if missing or unexpected or wrong:
+    fmt = lambda keys: "".join(f"\n    {'/'.join(k)}" for k in keys)
+    lines = [f"Checkpoint {os.fspath(path)!r} does not match the model's "
+             f"parameters ({len(flat)} checkpoint tensors, {len(target)} "
+             f"model parameters)."]
+    if missing:
+      lines.append(f"  Missing from the checkpoint ({len(missing)}):{fmt(missing)}")
+    if unexpected:
+      lines.append(f"  Unexpected in the checkpoint ({len(unexpected)}):"
+                   f"{fmt(unexpected)}")
+    if wrong:
+      lines.append(f"  Shape mismatches ({len(wrong)}):" + "".join(
+          f"\n    {'/'.join(k)}: checkpoint {have}, model {want}"
+          for k, have, want in wrong))
+    lines += [f"Hint: {h}" for h in _mismatch_hints(target_params, missing,
+                                                     unexpected, wrong)]
+    raise ValueError("\n".join(lines))
+  return traverse_util.unflatten_dict(
+      {k: flat[k].astype(target[k].dtype) for k in target})
+
+
+# --------------------------------------------------------------------------
+# The trainable fusion head: Attention Module 1 plus the two MLP heads.
+# --------------------------------------------------------------------------
+
+
+def _pool1d(x: Array, size: int, reduce) -> Array:
+  """Keras Average/MaxPooling1D(size, strides=size, padding='valid') on (B, n).
+
+  The ``n % size`` trailing values are dropped, as 'valid' does.
+  """
+  n = x.shape[1] // size
+  return reduce(x[:, :n * size].reshape(x.shape[0], n, size), axis=-1)
+
+
+def channel_shuffle(x: Array, groups: int) -> Array:
+  """ShuffleNet channel shuffle on the last axis: (g, c/g) -> (c/g, g)."""
+  *lead, c = x.shape
+  return x.reshape(*lead, groups, c // groups).swapaxes(-1, -2).reshape(*lead, c)
+
+
+class BottleneckRefinement(nn.Module):
+  """A working version of the README's bottleneck block, on (B, L, C).
+
+  The authors' ``bottleneck(x)`` exists only in dead code (it is never
+  connected to the outputs). As written it does::
+
+    conv = ELU(Conv1D(64, 5, 'same', he_normal)(x))
+    DepthwiseConv1D(1, depth_multiplier=2)(x)        # output discarded
+    x = x + conv
+    y = ELU(Conv1D(64, 1, groups=4)(x))
+    channel_mix(y, x): concat[y[..., 0:21], x[..., 0:1], y[..., 21:41],
+                              x[..., 1:2], y[..., 43:63], x[..., 2:3]]
+
+  This version keeps its first three steps and fixes the rest:
+
+    h = x + ELU(Conv1D(C, 5, 'same')(x))              # as the original
+    g = ELU(Conv1D(C, 1, groups=4)(h))                # as the original
+    s = channel_shuffle(g, 4)                         # replaces channel_mix
+    d = DepthwiseConv1D(3, 'same', depth_multiplier=2)(s)   # now used: (B, L, 2C)
+    out = h + Conv1D(C, 1, groups=4)(d)               # back to C, residual
+
+  What differs and why:
+
+  * The depthwise conv's output is used. Its kernel is 3, not 1: a k=1
+    depthwise conv followed by a linear 1x1 conv folds into that conv and would
+    add nothing; with k=3 it mixes the neighbouring positions per channel.
+  * ``channel_mix`` dropped channels 41, 42 and 63 and spliced in raw input
+    channels 0-2; it is replaced by a ShuffleNet shuffle, which mixes
+    information across the 4 groups without losing channels. A shuffle only
+    matters if a grouped conv follows, hence the second grouped 1x1 conv, which
+    also maps the 2C depthwise channels back to C (the depthwise output order
+    is c * 2 + m, so both outputs of a channel stay in one group).
+  * The output keeps the input's shape and ends in a residual, so the block is
+    a drop-in refinement and the heads are unchanged.
+  * He-normal kernels with the true fan-in (Flax's), including the depthwise
+    kernel; Keras' depthwise fan-in (k * C) would start that branch near zero.
+
+  On the fusion map (L=2, C=500) it adds 1,443,000 parameters. With L=2, only
+  the middle three taps of the k=5 conv ever see data (as with any 'same'
+  conv longer than 2L - 1).
+  """
+
+  groups: int = 4
+  kernel_size: int = 5
+  depthwise_kernel_size: int = 3
+  depth_multiplier: int = 2
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    c = x.shape[-1]
+    if c % self.groups:
+      raise ValueError(f"{c} channels are not divisible into groups="
+                       f"{self.groups}.")
+    conv = lambda features, k, name, groups=1: nn.Conv(
+        features, (k,), padding="SAME", feature_group_count=groups,
+        dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_he_normal,
+        bias_init=nn.initializers.zeros, name=name)
+    h = x + nn.elu(conv(c, self.kernel_size, "conv")(x))
+    g = nn.elu(conv(c, 1, "group_conv_1", self.groups)(h))
+    s = channel_shuffle(g, self.groups)
+    d = conv(c * self.depth_multiplier, self.depthwise_kernel_size, "depthwise",
+             c)(s)
+    return h + conv(c, 1, "group_conv_2", self.groups)(d)
+
+
+REFINEMENTS = ("none", "bottleneck")
+
+
+@register("hybrid_head")
+class HybridFusionHead(nn.Module):
+  """Keras ``model_1`` ("Attention Module 1") plus the ``model0``/``vit`` heads.
+
+  Takes the backbone's (B, n) logits (n = 1000 for the authors' ViT-B/8) and
+  returns ``{"model0": p0, "vit": p1, "average": (p0 + p1) / 2}``, float32
+  probabilities (B, num_classes). ``dtype`` is the compute dtype; parameters
+  are float32 and both softmaxes and final Dense layers run in float32.
+
+  ``model_1`` (shapes (B, length, channels)):
+
+    L (B,n,1) -> AveragePooling1D 2, 3, 5 ('valid', stride = size), concat
+      -> (B,1033,1) for n = 1000; the "max" branch is the same (see
+      ``duplicate_avg_branch``); stacked as rows [max, avg] -> a1 (B,2,1033)
+    input_dec = decrease_dimension_1: Conv1D(500, 1)(a1)
+    x1 = softmax_channels(BN(conv2D_1_module_1: Conv1D(500, 3, 'same')(a1)))
+    x2 = ELU(BN(conv2D_2_module_1: Conv1D(250, 1)(input_dec * x1)))
+    x2 = conv2D_3_module_1: DepthwiseConv1D(250, 'same', multiplier 2)(x2)
+    F1 = flatten(input_dec * x2)            # (B, 1000), row-major
+
+  Heads, both on concat([F1, L]) (the authors' 'vit' head bug, kept):
+    Dense(64, elu) -> BN -> Dropout(0.2) -> Dense(32, elu) -> BN
+      -> Dropout(0.2) -> Dense(C) -> softmax
+
+  With ``duplicate_avg_branch=False`` the first row is a real max pooling of
+  the same sizes. ``refinement="bottleneck"`` applies ``BottleneckRefinement``
+  to ``input_dec * x2`` before flattening.
+  """
+
+  num_classes: int = 10
+  duplicate_avg_branch: bool = True
+  refinement: str = "none"
+  dtype: Any = jnp.float32
+
+  def _conv(self, features, kernel_size, name, groups=1, kernel_init=_he_normal):
+    # Keras Conv1D 'same' on a length-2 sequence: k=3 pads 1/1, k=250 pads
+    # 124/125 (TF puts the extra one on the right, as Flax 'SAME' does).
+    return nn.Conv(features, (kernel_size,), padding="SAME",
+                   feature_group_count=groups, dtype=self.dtype,
+                   param_dtype=jnp.float32, kernel_init=kernel_init,
+                   bias_init=nn.initializers.zeros, name=name)
+
+  def _batch_norm(self, name, train):
+    return nn.BatchNorm(use_running_average=not train, momentum=0.99,
+                        epsilon=1e-3, dtype=self.dtype, param_dtype=jnp.float32,
+                        name=name)
+
+  def _attention_module_1(self, logits: Array, train: bool) -> Array:
+    pools = (2, 3, 5)
+    avg = jnp.concatenate([_pool1d(logits, s, jnp.mean) for s in pools], axis=1)
+    if self.duplicate_avg_branch:
+      first = avg  # The authors' max_pool_1..3 are AveragePooling1D.
+    else:
+      first = jnp.concatenate([_pool1d(logits, s, jnp.max) for s in pools], axis=1)
+    a1 = jnp.stack([first, avg], axis=1)  # (B, 2, 1033): rows [max, avg].
+    input_dec = self._conv(500, 1, "decrease_dimension_1")(a1)
+    x1 = self._conv(500, 3, "conv2D_1_module_1")(a1)
+    x1 = self._batch_norm("conv2D_1_module_1_bn", train)(x1)
+    # Keras Activation('softmax') on (B, 2, 500): over the 500 channels.
+    x1 = jax.nn.softmax(x1.astype(jnp.float32), axis=-1).astype(self.dtype)
+    x2 = self._conv(250, 1, "conv2D_2_module_1")(input_dec * x1)
+    x2 = nn.elu(self._batch_norm("conv2D_2_module_1_bn", train)(x2))
+    # DepthwiseConv1D(250, 1, 'same', depth_multiplier=2): output channel
+    # c * 2 + m, which is Flax's grouped-conv order.
+    x2 = self._conv(500, 250, "conv2D_3_module_1", groups=250,
+                    kernel_init=_keras_depthwise_he_normal(250))(x2)
+    return input_dec * x2
+
+  def _head(self, x: Array, names: tuple[str, str, str], train: bool) -> Array:
+    for features, name in zip((64, 32), names[:2]):
+      x = nn.Dense(features, dtype=self.dtype, param_dtype=jnp.float32,
+                   kernel_init=_glorot_uniform, bias_init=nn.initializers.zeros,
+                   name=name)(x)
+      x = self._batch_norm(f"{name}_bn", train)(nn.elu(x))
+      x = nn.Dropout(0.2, deterministic=not train)(x)
+    logits = nn.Dense(self.num_classes, dtype=jnp.float32,
+                      param_dtype=jnp.float32, kernel_init=_glorot_uniform,
+                      bias_init=nn.initializers.zeros, name=names[2])(x)
+    return jax.nn.softmax(logits, axis=-1)
+
+  @nn.compact
+  def __call__(self, logits: Array, *, train: bool = False) -> dict[str, Array]:
+    if logits.ndim != 2:
+      raise ValueError(f"Expected backbone logits of shape (batch, {IMAGENET_CLASSES})"
+                       f", got shape {tuple(logits.shape)}.")
+    if self.refinement not in REFINEMENTS:
+      raise ValueError(f"Unknown refinement {self.refinement!r}; known: "
+                       f"{', '.join(REFINEMENTS)}.")
+    logits = logits.astype(self.dtype)
+    z = self._attention_module_1(logits, train)
+    if self.refinement == "bottleneck":
+      z = BottleneckRefinement(dtype=self.dtype, name="bottleneck")(z)
+    f1 = z.reshape(z.shape[0], -1)  # Keras Flatten: row-major (B, 1000).
+    # The authors' 'vit' head was meant to read the ViT branch, but it is
+    # given the same concat([F1, L]) as 'model0'. Kept as they ran it.
+    features = jnp.concatenate([f1, logits], axis=-1)
+    model0 = self._head(features, ("dense2w", "dense1w", "model0_logits"), train)
+    vit = self._head(features, ("dense_vit11", "dense_vit12", "vit_logits"),
+                     train)
+    return {"model0": model0, "vit": vit, "average": (model0 + vit) / 2}
+
+
+@register("hybrid")
+class Hybrid(nn.Module):
+  """Frozen ViT backbone (``params["backbone"]``) + ``HybridFusionHead``
+  (``params["fusion"]``).
+
+  Takes NHWC float images that the pipeline already resized to the backbone's
+  resolution (224 for B/8) and mapped to [-1, 1]; returns the head's dict of
+  float32 probabilities. Load the backbone with ``load_vit_npz`` into
+  ``params["backbone"]``.
+
+  ``freeze_backbone``: the backbone runs in eval mode and its logits pass
+  through ``jax.lax.stop_gradient``, so its gradients are exactly zero. Keep
+  its parameters out of the optimizer too (e.g. ``optax.multi_transform``);
+  weight decay would otherwise still move them.
+
+  ``double_normalization``: apply the authors' in-model ``x / 127.5 - 1`` to
+  inputs already in [-1, 1] (their CIFAR-100 / Cars runs); the ViT then sees
+  about -1 +- 0.008.
+
+  ``backbone_logits`` (use as ``model.apply(variables, images,
+  method="backbone_logits")``) returns the (B, 1000) logits, for caching them
+  and training ``"hybrid_head"`` alone.
+  """
+
+  num_classes: int = 10
+  patch_size: int = 8
+  hidden_size: int = 768
+  depth: int = 12
+  num_heads: int = 12
+  mlp_dim: int = 3072
+  freeze_backbone: bool = True
+  double_normalization: bool = False
+  duplicate_avg_branch: bool = True
+  refinement: str = "none"
+  dtype: Any = jnp.float32
+
+  def setup(self):
+    self.backbone = ViTBackbone(self.patch_size, self.hidden_size, self.depth,
+                                self.num_heads, self.mlp_dim, IMAGENET_CLASSES,
+                                self.dtype)
+    self.fusion = HybridFusionHead(self.num_classes, self.duplicate_avg_branch,
+                                   self.refinement, self.dtype)
+
+  def backbone_logits(self, images: Array, *, train: bool = False) -> Array:
+    if self.double_normalization:
+      images = images.astype(jnp.float32) / 127.5 - 1.0
+    logits = self.backbone(images, train=train and not self.freeze_backbone)
+    if self.freeze_backbone:
+      logits = jax.lax.stop_gradient(logits)
+    return logits
+
+  def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
+    return self.fusion(self.backbone_logits(images, train=train), train=train)
