@@ -3,6 +3,7 @@
 from jaxattn.models import conv_vit  # noqa: F401  (registers "conv_vit")
 from jaxattn.models import hybrid  # noqa: F401  (registers "hybrid", "hybrid_head")
 from jaxattn.models import mnist_cnn  # noqa: F401  (registers "se_cnn", "sa_cnn")
+from jaxattn.models import resnet  # noqa: F401  (registers "slresnet", "gsop_resnet")
 from jaxattn.models import vit  # noqa: F401  (registers "vit")
 from jaxattn.models.registry import create_model, get_model_class, known_models, register
 

@@ -68,7 +68,8 @@ def conv(features: int, kernel_size: tuple[int, int], fan_in: int, name: str,
   return nn.Conv(features, kernel_size, strides=strides, padding=padding,
                  use_bias=use_bias, feature_group_count=feature_group_count,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                 bias_init=bias_init(fan_in), name=name)
+                 bias_init=bias_init(fan_in) if use_bias else nn.initializers.zeros,
+                 name=name)
 
 
 def batch_norm(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
