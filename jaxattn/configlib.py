@@ -85,6 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="conv_vit"))
   c.num_classes = 0  # 0: the dataset's class count.
   c.compute_dtype = "float32"  # "bfloat16" for mixed precision.
+  # Pretrained weights to start from (see jaxattn/pretrained.py); a config
+  # whose model is useless without them sets pretrained_required.
+  c.init_from = ""
+  c.pretrained_required = False
 
   # Duration: exactly one of num_epochs / num_steps is non-zero.
   c.num_epochs = 0
@@ -99,8 +103,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule = ml_collections.ConfigDict(dict(
       name="constant", lr=1e-3, warmup_epochs=0.0, end_lr=0.0,
       knots=((0.0, 1.0),), decay_rate=0.1, decay_every_epochs=30.0,
-      staircase=True))
-  c.grad_clip_norm = 0.0  # Global-norm clipping; 0 for none.
+      staircase=True,
+      # In steps, overriding the epoch-based values when non-zero: warm-up
+      # length, and the step where warmup_cosine reaches end_lr (default:
+      # the last step). init_lr is where the warm-up starts.
+      warmup_steps=0, decay_steps=0, init_lr=0.0))
+  c.grad_clip_norm = 0.0  # 0 for no clipping.
+  # "global": one norm over all gradients (torch.nn.utils.clip_grad_norm_);
+  # "per_tensor": each gradient tensor separately (Keras' clipnorm).
+  c.grad_clip_mode = "global"
   # Regex over '/'-joined parameter paths (e.g. "backbone/.*"): those
   # parameters are not trained. "" trains everything.
   c.frozen_params = ""

@@ -24,7 +24,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from jaxattn import checkpointing, configlib, optim, parallel, steps
+from jaxattn import (checkpointing, configlib, optim, parallel, pretrained,
+                     steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model
 
@@ -150,6 +151,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # --- Data source and the config it resolves ------------------------------
   source = get_source(config)
   config = resolve_config(config, source)
+  pretrained.check(config)
   _check_same_run(workdir, config)
   checkpointing.save_config(workdir, config)
 
@@ -197,6 +199,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      tx=tx, image_shape=image_shape(config)),
                    out_shardings=state_sharding)
     state = init(jax.random.key_data(jax.random.key(config.seed)))
+    if config.init_from:
+      params = pretrained.load(config, jax.device_get(state.params))
+      state = state.replace(params=jax.device_put(params,
+                                                  state_sharding.params))
+      logging.info("Initialised from %s.", config.init_from)
     start_step = 0
   if meta["finished"] or start_step >= total_steps:
     logging.info("Training in %s is already complete (step %d).", workdir,

@@ -75,3 +75,33 @@ def test_unknown_names_are_reported():
   c = _config(name="piecewise_linear", knots=((0.0, 1.0),))
   with pytest.raises(ValueError, match="two or more"):
     optim.create_learning_rate_fn(c, 1, 1)
+
+
+def test_seed000_warmup_cosine():
+  """Keras WarmUpCosine(base 0.03, total 39,062, warmup 0.006 over 10)."""
+  c = _config(name="warmup_cosine", lr=0.03, init_lr=0.006, warmup_steps=10,
+              decay_steps=39_062, end_lr=0.0)
+  lr = optim.create_learning_rate_fn(c, 782, 90 * 782)
+  np.testing.assert_allclose(float(lr(0)), 0.006, rtol=1e-6)
+  np.testing.assert_allclose(float(lr(5)), 0.006 + 5 * 0.0024, rtol=1e-5)
+  np.testing.assert_allclose(float(lr(10)), 0.03, rtol=1e-6)
+  mid = 10 + (39_062 - 10) // 2
+  np.testing.assert_allclose(float(lr(mid)), 0.015, rtol=1e-3)
+  assert float(lr(39_062)) == 0.0 and float(lr(60_000)) == 0.0
+
+
+def test_per_tensor_clipping_is_keras_clipnorm():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  c = configlib.base_config()
+  c.optimizer.name, c.schedule.lr = "sgd", 1.0
+  c.optimizer.momentum = 0.0
+  c.grad_clip_norm, c.grad_clip_mode = 1.0, "per_tensor"
+  tx = optim.create_optimizer(c, optim.create_learning_rate_fn(c, 1, 1))
+  params = {"a": jnp.zeros(2), "b": jnp.zeros(1)}
+  grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([0.5])}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["a"], [-0.6, -0.8], rtol=1e-6)
+  np.testing.assert_allclose(updates["b"], [-0.5], rtol=1e-6)
+  c.grad_clip_mode = "layer"
+  with pytest.raises(ValueError, match="per_tensor"):
+    optim.create_optimizer(c, optim.create_learning_rate_fn(c, 1, 1))

@@ -328,6 +328,10 @@ class SLResNet(nn.Module):
   depth: int = 50
   attention: str = "sl"
   head: str | None = None
+  # Tiny variants for smoke runs and tests: blocks per stage instead of the
+  # depth's, and the stem width (64 in every real ResNet).
+  stage_sizes: Sequence[int] | None = None
+  width: int = 64
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -342,11 +346,12 @@ class SLResNet(nn.Module):
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     stage_sizes, block = DEPTHS[self.depth]
     head = self.head or ("linear" if self.depth == 34 else "slresnet")
-    return _resnet(images, train=train, stage_sizes=stage_sizes,
+    return _resnet(images, train=train,
+                   stage_sizes=self.stage_sizes or stage_sizes,
                    stage_strides=(1, 2, 2, 2), block=block,
                    attention=self.attention, attention_in="all", head=head,
-                   num_classes=self.num_classes, width=64, dtype=self.dtype,
-                   remat=self.remat)
+                   num_classes=self.num_classes, width=self.width,
+                   dtype=self.dtype, remat=self.remat)
 
 
 @register("gsop_resnet")
@@ -370,6 +375,8 @@ class GSoPResNet(nn.Module):
   depth: int = 50
   attention_in: str = "last"
   layer4_stride: int = 1
+  stage_sizes: Sequence[int] | None = None  # Tiny variants, as in SLResNet.
+  width: int = 64
   dtype: Any = jnp.float32
   remat: bool = False
 
@@ -381,11 +388,12 @@ class GSoPResNet(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     stage_sizes, block = DEPTHS[self.depth]
-    return _resnet(images, train=train, stage_sizes=stage_sizes,
+    return _resnet(images, train=train,
+                   stage_sizes=self.stage_sizes or stage_sizes,
                    stage_strides=(1, 2, 2, self.layer4_stride), block=block,
                    attention="gsop", attention_in=self.attention_in,
-                   head="linear", num_classes=self.num_classes, width=64,
-                   dtype=self.dtype, remat=self.remat)
+                   head="linear", num_classes=self.num_classes,
+                   width=self.width, dtype=self.dtype, remat=self.remat)
 
 
 # Shorthands in the style of flax's examples (tests use tiny variants).
