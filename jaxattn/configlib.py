@@ -89,6 +89,9 @@ def base_config() -> ml_collections.ConfigDict:
   # whose model is useless without them sets pretrained_required.
   c.init_from = ""
   c.pretrained_required = False
+  # Compute a frozen backbone's outputs once and train the head on them
+  # (seed 000's hybrid; see jaxattn/feature_cache.py).
+  c.cache_backbone_features = False
 
   # Duration: exactly one of num_epochs / num_steps is non-zero.
   c.num_epochs = 0

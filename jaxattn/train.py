@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from jaxattn import (checkpointing, configlib, optim, parallel, pretrained,
-                     steps)
+from jaxattn import (checkpointing, configlib, feature_cache, optim, parallel,
+                     pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model
 
@@ -152,6 +152,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   source = get_source(config)
   config = resolve_config(config, source)
   pretrained.check(config)
+  feature_cache.check(config)
   _check_same_run(workdir, config)
   checkpointing.save_config(workdir, config)
 
@@ -233,6 +234,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   eval_fn = make_eval_fn(model, mesh, state_sharding, config)
 
   # --- Input: resumes at the exact position of start_step --------------------
+  if config.cache_backbone_features:
+    source = feature_cache.build(config, source, state.variables(), model,
+                                 mesh, eval_shard, workdir)
   train_ds = pipeline.create_train_dataset(
       source, config, shard=shard, steps_per_epoch=steps_per_epoch,
       num_epochs=num_epochs, start_step=start_step)

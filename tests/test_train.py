@@ -75,3 +75,82 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
   assert results["best_step"] == steps_per_epoch
   # The run is finished: rerunning returns at once with the same results.
   assert train.train_and_evaluate(config, str(tmp_path)) == results
+
+
+def _load_config(name, arg):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" /
+                                                f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def test_hybrid_starts_from_npz_and_keeps_the_backbone_frozen(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from flax import traverse_util  # pylint: disable=g-import-not-at-top
+  import jaxattn  # pylint: disable=g-import-not-at-top
+  from jaxattn.models import hybrid  # pylint: disable=g-import-not-at-top
+
+  config = _load_config("cifar10_hybrid", "smoke")
+  backbone = hybrid.ViTBackbone(**{k: config.model[k] for k in (
+      "patch_size", "hidden_size", "depth", "num_heads", "mlp_dim")})
+  params = backbone.init(jax.random.key(7), np.zeros((1, 32, 32, 3)))["params"]
+  flat = {"/".join(k): np.asarray(v) + 0.5  # Distinct from any init.
+          for k, v in traverse_util.flatten_dict(params).items()}
+  npz = tmp_path / "vit.npz"
+  np.savez(npz, **flat)
+  config.init_from = str(npz)
+  train.train_and_evaluate(config, str(tmp_path / "w"))
+  _, variables, _ = jaxattn.load(str(tmp_path / "w"))
+  trained = traverse_util.flatten_dict(variables["params"]["backbone"])
+  for key, value in flat.items():
+    np.testing.assert_array_equal(trained[tuple(key.split("/"))], value)
+
+
+def test_init_from_errors(tmp_path):
+  config = _load_config("cifar10_hybrid", "smoke")
+  config.pretrained_required = True
+  with pytest.raises(ValueError, match="--config.init_from=PATH.npz"):
+    train.train_and_evaluate(config, str(tmp_path))
+  config.init_from = str(tmp_path / "missing.npz")
+  with pytest.raises(FileNotFoundError, match="is not a file"):
+    train.train_and_evaluate(config, str(tmp_path))
+  (tmp_path / "weights.pth").write_bytes(b"")
+  config.init_from = str(tmp_path / "weights.pth")
+  with pytest.raises(ValueError, match="jaxattn.convert from-torch"):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import jaxattn  # pylint: disable=g-import-not-at-top
+  from jaxattn import feature_cache  # pylint: disable=g-import-not-at-top
+
+  results, fusion = {}, {}
+  for cached in (False, True):
+    config = _load_config("cifar10_hybrid", "smoke")
+    config.cache_backbone_features = cached
+    workdir = tmp_path / f"cached_{cached}"
+    results[cached] = train.train_and_evaluate(config, str(workdir))
+    fusion[cached] = jaxattn.load(str(workdir))[1]["params"]["fusion"]
+  assert os.listdir(tmp_path / "cached_True" / feature_cache.CACHE_DIR)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               fusion[True], fusion[False])
+  np.testing.assert_allclose(results[True]["test"]["loss"],
+                             results[False]["test"]["loss"], rtol=1e-4)
+  assert results[True]["test"]["num_examples"] == 40
+  # A resumed cached run reads the features back instead of recomputing.
+  config = _load_config("cifar10_hybrid", "smoke")
+  config.cache_backbone_features = True
+  config.num_steps = 8
+  train.train_and_evaluate(config, str(tmp_path / "cached_True"))
+
+
+def test_feature_cache_refuses_augmented_inputs(tmp_path):
+  config = _load_config("cifar100_hybrid", "smoke")
+  config.cache_backbone_features = True
+  with pytest.raises(ValueError, match="augments them"):
+    train.train_and_evaluate(config, str(tmp_path))

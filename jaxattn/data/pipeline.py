@@ -84,30 +84,32 @@ def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
   images with PIL's semantics, as torchvision applies them to PIL images) ->
   [0, 1] floats -> normalisation -> RandomErasing (on the normalised tensor,
   as in torchvision pipelines). Each stage is off unless its config key asks
-  for it.
+  for it; with none on, this is exactly `preprocess_for_eval` (which the
+  backbone feature cache relies on).
   """
   aug = config.augment
   size = tuple(config.image_size)
   crop_seed, flip_seed, ra_seed, jitter_seed, erase_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=5))
-  if aug.random_resized_crop:
+  if aug.random_resized_crop:  # uint8 in, uint8 out (Pillow's resampling).
     image = augment.random_resized_crop(
         image, crop_seed, size=size, scale=tuple(aug.crop_scale),
         ratio=tuple(aug.crop_ratio))
-  else:
+  else:  # float32 in 0..255, exactly as in evaluation.
     image = _resize(image, size)
-  image = _to_uint8(image)
   if aug.flip:
     image = augment.random_horizontal_flip(image, flip_seed)
-  if aug.rand_augment_ops:
-    image = augment.rand_augment(image, ra_seed,
-                                 num_ops=aug.rand_augment_ops,
-                                 magnitude=aug.rand_augment_magnitude)
   brightness, contrast, saturation = aug.color_jitter
-  if brightness or contrast or saturation:
-    image = augment.color_jitter(image, jitter_seed, brightness=brightness,
-                                 contrast=contrast, saturation=saturation)
-  image = _normalize(augment.to_float01(image), config)
+  if aug.rand_augment_ops or brightness or contrast or saturation:
+    image = _to_uint8(image)  # These ops follow PIL on uint8 images.
+    if aug.rand_augment_ops:
+      image = augment.rand_augment(image, ra_seed,
+                                   num_ops=aug.rand_augment_ops,
+                                   magnitude=aug.rand_augment_magnitude)
+    if brightness or contrast or saturation:
+      image = augment.color_jitter(image, jitter_seed, brightness=brightness,
+                                   contrast=contrast, saturation=saturation)
+  image = _normalize(tf.cast(image, tf.float32) / 255.0, config)
   if aug.random_erasing:
     image = augment.random_erasing(image, erase_seed, p=aug.random_erasing)
   return tf.ensure_shape(image, [*size, image.shape[-1]])
@@ -146,7 +148,11 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
   # seed does not depend on where the run was resumed.
   ds = ds.enumerate(start=start_epoch * per_epoch).skip(offset * local_batch)
 
+  holds_features = getattr(source, "holds_features", False)
+
   def preprocess(position, example):
+    if holds_features:  # Cached backbone outputs: nothing to preprocess.
+      return example
     unique = position * shard.process_count + shard.process_index
     seed = tf.stack([tf.constant(data_seed, tf.int64), unique])
     return {"image": preprocess_for_train(example["image"], seed, config),
@@ -173,7 +179,9 @@ def create_eval_dataset(source: DataSource, split: str,
   if local_count < 0:  # Unknown cardinality: count once (small splits only).
     local_count = int(ds.reduce(0, lambda n, _: n + 1))
   num_batches = num_eval_batches(source.num_examples(split), shard)
-  ds = ds.map(lambda ex: {"image": preprocess_for_eval(ex["image"], config),
+  holds_features = getattr(source, "holds_features", False)
+  ds = ds.map(lambda ex: {"image": ex["image"] if holds_features else
+                          preprocess_for_eval(ex["image"], config),
                           "label": ex["label"],
                           "mask": tf.constant(1.0, tf.float32)},
               num_parallel_calls=tf.data.AUTOTUNE)

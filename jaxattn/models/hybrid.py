@@ -588,4 +588,12 @@ class Hybrid(nn.Module):
     return logits
 
   def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
+    """Images (B, H, W, C), or backbone logits (B, 1000) from a feature cache.
+
+    The frozen backbone's outputs do not change during training, so the
+    trainer can compute them once (``config.cache_backbone_features``) and
+    feed them here in place of images: the same parameters, the same head.
+    """
+    if images.ndim == 2:
+      return self.fusion(images.astype(jnp.float32), train=train)
     return self.fusion(self.backbone_logits(images, train=train), train=train)

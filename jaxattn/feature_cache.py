@@ -1,0 +1,114 @@
+"""Frozen-backbone feature cache: run the backbone once, train the head.
+
+Seed 000's ViT-B/8 is frozen and its 1000 logits are all the trainable part
+ever sees. With ``config.cache_backbone_features`` the trainer computes them
+once per split (evaluation preprocessing, so only configs without train-time
+augmentation qualify) and trains on them: the same model, parameters and
+step, minus a 86M-parameter forward pass per example per epoch. The cache is
+kept in ``WORKDIR/feature_cache/`` so a resumed run does not recompute it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from jaxattn import parallel
+from jaxattn.data import pipeline, sources
+
+CACHE_DIR = "feature_cache"
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+  """The cache is exact only for a frozen backbone and unaugmented inputs."""
+  if not config.cache_backbone_features:
+    return
+  if config.model.name != "hybrid" or not config.model.get(
+      "freeze_backbone", True):
+    raise ValueError(
+        "config.cache_backbone_features needs a frozen backbone: model "
+        f"'hybrid' with freeze_backbone=True (got {config.model.name!r}).")
+  aug = config.augment
+  if (aug.random_resized_crop or aug.flip or aug.rand_augment_ops or
+      any(aug.color_jitter) or aug.random_erasing):
+    raise ValueError(
+        "config.cache_backbone_features caches the backbone's outputs of "
+        "unaugmented images, but this config augments them (config.augment): "
+        "turn the augmentations off or set "
+        "--config.cache_backbone_features=False.")
+
+
+class FeatureSource(sources.DataSource):
+  """This process's cached backbone outputs of the configured splits."""
+
+  holds_features = True
+
+  def __init__(self, base: sources.DataSource,
+               features: dict[str, tuple[np.ndarray, np.ndarray]],
+               shard: pipeline.ProcessShard):
+    self.name = f"{base.name} (cached backbone features)"
+    self._base, self._features, self._shard = base, features, shard
+
+  split_names = property(lambda self: self._base.split_names)
+  class_names = property(lambda self: self._base.class_names)
+  image_shape = property(lambda self: self._base.image_shape)
+
+  def num_examples(self, split: str) -> int:
+    return self._base.num_examples(split)
+
+  def read(self, split, *, process_index=0, process_count=1):
+    if (process_index, process_count) != (self._shard.process_index,
+                                          self._shard.process_count):
+      raise ValueError("Cached features belong to process "
+                       f"{self._shard.process_index}/{self._shard.process_count}.")
+    features, labels = self._features[split]
+    return tf.data.Dataset.from_tensor_slices({"image": features,
+                                               "label": labels})
+
+
+def _local_rows(x: jax.Array) -> np.ndarray:
+  """This process's rows of a batch-sharded global array, in order."""
+  shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+  return np.concatenate([np.asarray(s.data) for s in shards])
+
+
+def build(config: ml_collections.ConfigDict, source: sources.DataSource,
+          variables, model, mesh, shard: pipeline.ProcessShard,
+          workdir: str) -> FeatureSource:
+  """Computes (or loads) the backbone outputs of every configured split."""
+  backbone = jax.jit(lambda v, images: model.apply(
+      v, images, method="backbone_logits"))
+  sharding = parallel.batch_sharded(mesh)
+  cache_dir = os.path.join(workdir, CACHE_DIR)
+  os.makedirs(cache_dir, exist_ok=True)
+  features = {}
+  for split in {config.train_split, config.val_split, config.test_split} - {""}:
+    safe = "".join(c if c.isalnum() else "_" for c in split)
+    path = os.path.join(cache_dir, f"{safe}.process{shard.process_index}of"
+                        f"{shard.process_count}.npz")
+    if os.path.exists(path):
+      with np.load(path) as npz:
+        features[split] = (npz["features"], npz["labels"])
+      logging.info("Backbone features of %s loaded from %s.", split, path)
+      continue
+    ds, _ = pipeline.create_eval_dataset(source, split, config, shard=shard)
+    outs, labels = [], []
+    for batch in pipeline.as_numpy(ds):
+      logits = backbone(variables, parallel.global_batch(
+          {"image": batch["image"]}, sharding)["image"])
+      keep = batch["mask"] > 0
+      outs.append(_local_rows(logits)[keep])
+      labels.append(batch["label"][keep])
+    features[split] = (np.concatenate(outs).astype(np.float32),
+                       np.concatenate(labels))
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, features=features[split][0], labels=features[split][1])
+    os.replace(tmp, path)
+    logging.info("Backbone features of %s: %s, cached in %s.", split,
+                 features[split][0].shape, path)
+  return FeatureSource(source, features, shard)
