@@ -36,11 +36,8 @@ def get_config(arg=None):
   c.num_epochs = arg.epochs
   c.batch_size = arg.batch
   c.eval_batch_size = 128
-  c.optimizer = dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=0.01, momentum=0.9, nesterov=False)
-  c.schedule = dict(name="warmup_cosine", lr=3e-3, warmup_epochs=2.0,
-                    end_lr=0.0, knots=((0.0, 1.0),), decay_rate=0.1,
-                    decay_every_epochs=30.0, staircase=True)
+  c.optimizer.update(name="adamw", weight_decay=0.01)
+  c.schedule.update(name="warmup_cosine", lr=3e-3, warmup_epochs=2.0)
   c.grad_clip_norm = 1.0
   c.log_every_steps = 20
 

@@ -49,8 +49,7 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
                  head_channels=8, mlp_ratio=4)
   c.num_epochs = 25
   c.batch_size, c.eval_batch_size = 128, 64
-  c.optimizer = dict(name="adamw", b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=0.01, momentum=0.0, nesterov=False)
+  c.optimizer.update(name="adamw", eps=1e-8, weight_decay=0.01)
   set_one_cycle(c, epochs=25, peak_lr=0.01)
   c.grad_clip_norm = 1.0
   # The seed used torch.cuda.amp (fp16 + loss scaling); bf16 needs no loss
@@ -79,8 +78,7 @@ def seed002_vit() -> ml_collections.ConfigDict:
   c.model = dict(name="vit", patch_size=4, hidden_dim=256, depth=12,
                  num_heads=8, mlp_dim=512)
   c.batch_size, c.eval_batch_size = 32, 256
-  c.optimizer = dict(name="adam", b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.pixel_mean, c.pixel_std = (0.0,), (1.0,)
   return c
@@ -113,8 +111,7 @@ def seed003_mnist_cnn(block: str) -> ml_collections.ConfigDict:
   c.frozen_params = mnist_cnn.FROZEN_PARAMS_REGEX
   c.num_epochs = 10
   c.batch_size, c.eval_batch_size = 128, 256
-  c.optimizer = dict(name="adam", b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-3
   return c
 
@@ -141,8 +138,7 @@ def seed001_slresnet(depth: int, *, image_size: int,
   c.model = dict(name="slresnet", depth=depth)
   c.num_classes = 1000 if authors_head else 0
   c.batch_size, c.eval_batch_size = 128, 256
-  c.optimizer = dict(name="adam", b1=0.9, b2=0.999, eps=1e-8,
-                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.best_metric = "loss"
   c.early_stopping_patience = 12
@@ -166,8 +162,7 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   c.model_outputs = "probabilities"
   c.metric_output = "average"
   c.batch_size, c.eval_batch_size = 64, 64
-  c.optimizer = dict(name="adamax", b1=0.9, b2=0.999, eps=1e-7,
-                     weight_decay=0.0, momentum=0.0, nesterov=False)
+  c.optimizer.update(name="adamax", eps=1e-7)  # Keras' default epsilon.
   c.best_metric = "loss"
   c.cache = False  # 224 px float images of a whole dataset do not fit.
   c.shuffle_buffer = 10_000
@@ -176,10 +171,8 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
 
 def seed000_step_decay(c: ml_collections.ConfigDict) -> None:
   """LearningRateScheduler: lr = 1e-4 * 0.96 ** floor(1 + epoch / 4)."""
-  c.schedule = dict(name="exponential", lr=1e-4 * 0.96, decay_rate=0.96,
-                    decay_every_epochs=4.0, staircase=True, warmup_epochs=0.0,
-                    end_lr=0.0, knots=((0.0, 1.0),), warmup_steps=0,
-                    decay_steps=0, init_lr=0.0)
+  c.schedule.update(name="exponential", lr=1e-4 * 0.96, decay_rate=0.96,
+                    decay_every_epochs=4.0, staircase=True)
 
 
 def inception_crop_and_flip(c: ml_collections.ConfigDict,
@@ -211,10 +204,8 @@ def seed000_cifar100_recipe(c: ml_collections.ConfigDict) -> None:
   """The CIFAR-100 (and Cars) notebook: crop + flip, WarmUpCosine, clipnorm."""
   inception_crop_and_flip(c)
   c.model.double_normalization = True
-  c.schedule = dict(name="warmup_cosine", lr=0.03, init_lr=0.006,
-                    warmup_steps=10, decay_steps=39_062, end_lr=0.0,
-                    warmup_epochs=0.0, knots=((0.0, 1.0),), decay_rate=0.1,
-                    decay_every_epochs=30.0, staircase=True)
+  c.schedule.update(name="warmup_cosine", lr=0.03, init_lr=0.006,
+                    warmup_steps=10, decay_steps=39_062, end_lr=0.0)
   c.grad_clip_norm, c.grad_clip_mode = 1.0, "per_tensor"
   c.loss_weights = dict(model0=0.7, vit=0.3, average=4.0)
   c.early_stopping_patience = 3
