@@ -1,5 +1,12 @@
 """jaxattn: JAX/Flax training for attention-based image classifiers."""
 
-from jaxattn.api import load
-
 __all__ = ["load"]
+
+
+def __getattr__(name):
+  # Lazy: `import jaxattn.torch_models` (or .models) should not pay for
+  # TensorFlow and the trainer, which `jaxattn.load` needs.
+  if name == "load":
+    from jaxattn.api import load  # pylint: disable=g-import-not-at-top
+    return load
+  raise AttributeError(f"module 'jaxattn' has no attribute {name!r}")
