@@ -201,9 +201,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                    out_shardings=state_sharding)
     state = init(jax.random.key_data(jax.random.key(config.seed)))
     if config.init_from:
-      params = pretrained.load(config, jax.device_get(state.params))
-      state = state.replace(params=jax.device_put(params,
-                                                  state_sharding.params))
+      params, stats = pretrained.load(config, jax.device_get(state.params),
+                                      jax.device_get(state.batch_stats))
+      state = state.replace(
+          params=jax.device_put(params, state_sharding.params),
+          batch_stats=jax.device_put(stats, state_sharding.batch_stats))
       logging.info("Initialised from %s.", config.init_from)
     start_step = 0
   if meta["finished"] or start_step >= total_steps:

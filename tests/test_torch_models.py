@@ -9,14 +9,14 @@ Three kinds of checks:
   device (no memory, no init).
 * keys: the spec's state_dict key lists (seeds 001-004, torchvision's
   resnet50, timm's VisionTransformer).
-* parity: random Flax variables are converted by the layout rules in the Flax
-  modules' docstrings (``_to_state_dict`` below, a test-local converter),
-  loaded with ``load_state_dict(strict=True)``, and eval-mode outputs compared.
+* parity: random Flax variables are converted by ``jaxattn.convert`` (the
+  default layout of each model), loaded with ``load_state_dict(strict=True)``,
+  and eval-mode outputs compared; each module also has the layout's numerics
+  (LayerNorm/BatchNorm eps, GELU approximation).
 """
 
 import functools
 import math
-import re
 
 import numpy as np
 import pytest
@@ -27,6 +27,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import traverse_util  # noqa: E402
 
+from jaxattn import convert  # noqa: E402
 from jaxattn.models import create_model  # noqa: E402
 from jaxattn.torch_models import TORCH_MODELS, create_torch_model  # noqa: E402
 
@@ -259,95 +260,13 @@ def test_seed_000_keys():
 # Parity: Flax variables -> PyTorch state_dict -> same outputs.
 # --------------------------------------------------------------------------
 
-# Flax module paths -> PyTorch, per family, applied to "path/leaf" in order.
-_RENAMES = {
-    "conv_vit": [
-        (r"^layers_(\d+)/attn_norm/", r"transformer/layers/\1/0/lnorm/"),
-        (r"^layers_(\d+)/attn/", r"transformer/layers/\1/0/fn/"),
-        (r"^layers_(\d+)/ff_norm/", r"transformer/layers/\1/1/lnorm/"),
-        (r"^layers_(\d+)/ff/fc1/", r"transformer/layers/\1/1/fn/net/0/"),
-        (r"^layers_(\d+)/ff/fc2/", r"transformer/layers/\1/1/fn/net/2/"),
-        (r"^head/", "mlp_head/3/")],
-    "vit": [
-        (r"^transformer_encoder_(\d+)/", r"transformer_encoder/\1/"),
-        (r"/self_attention/qkv/kernel$", "/self_attention/in_proj_weight"),
-        (r"/self_attention/qkv/bias$", "/self_attention/in_proj_bias"),
-        (r"/self_attention/out/", "/self_attention/out_proj/"),
-        (r"/mlp_block/fc1/", "/mlp_block/0/"),
-        (r"/mlp_block/fc2/", "/mlp_block/2/")],
-    "mnist_cnn": [
-        (r"^(?:conv|bn|se|sa|fc)_(\d+)/", r"\1/"),
-        (r"/fc_(\d+)/", r"/fc/\1/")],
-    "resnet": [
-        (r"^layer(\d)_(\d+)/", r"layer\1/\2/"),
-        (r"/downsample_(\d)/", r"/downsample/\1/"),
-        (r"^fc_(\d)/", r"fc/\1/"),
-        (r"/gsop/", "/")],  # GSoP-Net names its tensors under the block.
-    "hybrid": [
-        (r"^backbone/cls$", "backbone/cls_token"),
-        (r"^backbone/embedding/", "backbone/patch_embed/proj/"),
-        (r"^backbone/Transformer/posembed_input/pos_embedding$",
-         "backbone/pos_embed"),
-        (r"^backbone/Transformer/encoder_norm/", "backbone/norm/"),
-        (r"^backbone/Transformer/encoderblock_(\d+)/", r"backbone/blocks/\1/"),
-        (r"/LayerNorm_0/", "/norm1/"), (r"/LayerNorm_2/", "/norm2/"),
-        (r"/MultiHeadDotProductAttention_1/qkv/", "/attn/qkv/"),
-        (r"/MultiHeadDotProductAttention_1/out/", "/attn/proj/"),
-        (r"/MlpBlock_3/Dense_0/", "/mlp/fc1/"),
-        (r"/MlpBlock_3/Dense_1/", "/mlp/fc2/")],
-}
-_FAMILY = {"conv_vit": "conv_vit", "vit": "vit", "se_cnn": "mnist_cnn",
-           "sa_cnn": "mnist_cnn", "slresnet": "resnet",
-           "gsop_resnet": "resnet", "hybrid": "hybrid",
-           "hybrid_head": "hybrid"}
-_LEAVES = {"kernel": "weight", "scale": "weight", "mean": "running_mean",
-           "var": "running_var"}
-
-
-def _fuse_qkv(flat):
-  """Flax's separate query/key/value Dense (kernels [D,D] or [D,H,D/H]) ->
-  one ``qkv`` entry with a [D,3D] kernel; ``out`` kernels [H,D/H,D] -> [D,D]."""
-  out = {}
-  for path, v in flat.items():
-    *mod, proj, leaf = path
-    if proj in ("key", "value"):
-      continue
-    if proj == "query":
-      parts = [flat[(*mod, p, leaf)] for p in ("query", "key", "value")]
-      d = parts[0].shape[0]
-      parts = [p.reshape(d, -1) if leaf == "kernel" else p.reshape(-1)
-               for p in parts]
-      out[(*mod, "qkv", leaf)] = np.concatenate(parts, axis=-1)
-    elif proj == "out" and leaf == "kernel" and v.ndim == 3:
-      out[path] = v.reshape(-1, v.shape[-1])
-    else:
-      out[path] = v
-  return out
-
-
 def _to_state_dict(name, variables, target):
-  """Converts Flax variables by the docstrings' rules; checks every key/shape."""
-  flat = {k: np.asarray(v, np.float32)
-          for k, v in traverse_util.flatten_dict(variables).items()}
-  sd = {}
-  for (_, *path), v in _fuse_qkv(flat).items():
-    key = "/".join(path)
-    for pattern, repl in _RENAMES[_FAMILY[name]]:
-      key = re.sub(pattern, repl, key)
-    *mod, leaf = key.split("/")
-    key = ".".join([*mod, _LEAVES.get(leaf, leaf)])
-    assert key in target, f"{'/'.join(path)} -> {key} is not a PyTorch key"
-    shape = tuple(target[key].shape)
-    if path[-1] == "kernel":  # HWIO -> OIHW, (k, I, O) -> (O, I, k), [in,out].T
-      v = v.transpose(v.ndim - 1, v.ndim - 2, *range(v.ndim - 2))
-    elif v.shape != shape:  # channels-last embeddings -> channels-first
-      v = np.moveaxis(v, -1, 0)
-    assert v.size == math.prod(shape), (key, v.shape, shape)
-    sd[key] = torch.from_numpy(np.ascontiguousarray(v.reshape(shape)))
-  missing = {k for k in target if not k.endswith("num_batches_tracked")} - set(sd)
-  assert not missing, sorted(missing)
-  return {**{k: v for k, v in target.items()
-             if k.endswith("num_batches_tracked")}, **sd}
+  """The real converter (``jaxattn.convert``), checked key by key and shape by
+  shape against the PyTorch module's own state_dict."""
+  sd, _ = convert.state_dict_from_variables(name, variables)
+  assert {k: tuple(v.shape) for k, v in sd.items()} == {
+      k: tuple(v.shape) for k, v in target.items()}
+  return {k: torch.from_numpy(v) for k, v in sd.items()}
 
 
 def _randomize(variables, seed=0):
@@ -389,6 +308,7 @@ def test_eval_outputs_match_flax(name, extra):
     variables = _randomize(_flax_init(flax_model, x))
     want = _flax_apply(flax_model, variables, x)
   model = create_torch_model(name, **_torch_kwargs(name, kwargs, shape)).eval()
+  assert convert.check_numerics(model, convert.get_layout(name)) == []
   model.load_state_dict(_to_state_dict(name, variables, model.state_dict()),
                         strict=True)
   x_torch = torch.from_numpy(x if x.ndim == 2 else x.transpose(0, 3, 1, 2).copy())

@@ -1,0 +1,176 @@
+r"""Convert checkpoints between jaxattn (Flax) and PyTorch.
+
+  python -m jaxattn.convert to-torch WORKDIR_OR_CHECKPOINT --out FILE \
+      [--step N|best|latest] [--layout NAME] [--overwrite]
+  python -m jaxattn.convert from-torch FILE --config=configs/NAME.py[:ARGS] \
+      --out DIR [--layout NAME] [--overwrite] [--config.KEY=VALUE ...]
+  python -m jaxattn.convert layouts [MODEL]
+
+to-torch writes a PyTorch state_dict (.safetensors; .pt/.pth/.bin with
+torch.save; .npz for the vit_jax layout) that loads with
+load_state_dict(strict=True) into the layout's PyTorch module. from-torch
+writes DIR/variables.npz and DIR/conversion.json for --config.init_from=DIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TF is imported.
+
+from jaxattn.convert import rules
+from jaxattn.convert.plan import ConversionError
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(
+      prog="python -m jaxattn.convert", description=__doc__.split("\n\n")[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=__doc__.split("\n\n", 1)[1])
+  sub = parser.add_subparsers(dest="command", required=True)
+  to = sub.add_parser("to-torch", help="a training run -> a PyTorch file")
+  to.add_argument("path", help="workdir, or WORKDIR/checkpoints[_best]/STEP")
+  to.add_argument("--out", required=True,
+                  help="FILE.safetensors (or .pt/.pth/.bin, .npz)")
+  to.add_argument("--step", default=None,
+                  help="best, latest or a step (default: the step in the "
+                       "path, else latest)")
+  to.add_argument("--layout", default=None,
+                  help="key layout (default: the model's; see `layouts`)")
+  to.add_argument("--overwrite", action="store_true",
+                  help="replace --out if it exists")
+  fr = sub.add_parser("from-torch",
+                      help="a PyTorch / vit_jax file -> Flax variables")
+  fr.add_argument("file", help=".safetensors, .pt/.pth/.bin or .npz")
+  fr.add_argument("--config", required=True,
+                  help="configs/NAME.py[:ARGS], the run's config")
+  fr.add_argument("--out", required=True,
+                  help="directory for variables.npz and conversion.json")
+  fr.add_argument("--layout", default=None,
+                  help="key layout (default: the model's; .npz files: "
+                       "vit_jax)")
+  fr.add_argument("--overwrite", action="store_true",
+                  help="replace variables.npz/conversion.json in --out")
+  ls = sub.add_parser("layouts", help="list the layouts of each model")
+  ls.add_argument("model", nargs="?", default=None)
+  return parser
+
+
+def _config_overrides(extra: list[str], parser) -> dict[str, str]:
+  overrides = {}
+  for token in extra:
+    key, sep, value = token.partition("=")
+    if not (key.startswith("--config.") and sep):
+      parser.error(f"unrecognized argument {token!r} (config overrides are "
+                   "--config.KEY=VALUE)")
+    overrides[key[len("--config."):]] = value
+  return overrides
+
+
+def _print_layouts(model: str | None) -> None:
+  models = [model] if model else list(rules.LAYOUTS)
+  for name in models:
+    if name not in rules.LAYOUTS:
+      raise ConversionError(f"No conversion rules for model {name!r}; "
+                            f"models: {', '.join(rules.LAYOUTS)}.")
+    print(f"{name}:")
+    for i, layout in enumerate(rules.LAYOUTS[name].values()):
+      default = " (default)" if i == 0 else ""
+      print(f"  {layout.name}{default}: {layout.description}")
+
+
+def _numerics_line(numerics: rules.Numerics) -> str:
+  parts = []
+  if numerics.layer_norm_eps is not None:
+    parts.append(f"LayerNorm eps {numerics.layer_norm_eps:g}")
+  if numerics.gelu is not None:
+    parts.append(f"GELU(approximate={numerics.gelu!r})")
+  if numerics.batch_norm_eps is not None:
+    parts.append(f"BatchNorm eps {numerics.batch_norm_eps:g}")
+  return "; ".join(parts) + (f". {numerics.notes}" if numerics.notes else "")
+
+
+def _to_torch(args) -> None:
+  from jaxattn.convert import commands  # pylint: disable=g-import-not-at-top
+  step = args.step
+  if step is not None and step.isdigit():
+    step = int(step)
+  s = commands.to_torch(args.path, args.out, step=step, layout=args.layout,
+                        overwrite=args.overwrite)
+  print(f"Wrote {s['out']}: {s['num_tensors']} tensors, model {s['model']}, "
+        f"layout {s['layout']}, step {s['step']}.")
+  if s["left_out"]:
+    print(f"Left out by the {s['layout']} layout: {len(s['left_out'])} Flax "
+          f"variables ({', '.join(s['left_out'][:4])}, ...).")
+  print(f"PyTorch numerics for the same outputs: "
+        f"{_numerics_line(s['numerics'])}")
+  if s["torch_model"] and not s["out"].endswith(".npz"):
+    name, kwargs = s["torch_model"]
+    if s["out"].endswith(".safetensors"):
+      imports = "  from safetensors.torch import load_file\n"
+      load = f"load_file({s['out']!r})"
+    else:
+      imports = "  import torch\n"
+      load = f"torch.load({s['out']!r})"
+    print("Load it into jaxattn's PyTorch twin (or the authors' module):\n"
+          f"{imports}"
+          "  from jaxattn.torch_models import create_torch_model\n"
+          f"  model = create_torch_model({name!r}, **{kwargs!r}).eval()\n"
+          f"  model.load_state_dict({load}, strict=True)")
+
+
+def _from_torch(args, overrides) -> None:
+  from jaxattn.convert import commands  # pylint: disable=g-import-not-at-top
+  try:
+    config = commands.load_config_file(args.config, overrides)
+  except (ValueError, TypeError) as e:
+    if isinstance(e, ConversionError):
+      raise
+    raise ConversionError(f"--config={args.config}: {e}") from None
+  record = commands.from_torch(args.file, config, args.out,
+                               layout=args.layout, overwrite=args.overwrite,
+                               config_spec=args.config)
+  out = os.path.abspath(args.out)
+  print(f"Wrote {out}/variables.npz: {len(record['loaded'])} variables from "
+        f"{record['source']} (layout {record['layout']}), and "
+        f"{out}/conversion.json.")
+  if record["kept_at_init"]:
+    print(f"Kept at their initialisation: {len(record['kept_at_init'])} "
+          f"variables ({', '.join(record['kept_at_init'][:4])}, ...).")
+  ignored = [k for k in record["ignored_source_keys"]
+             if not k.endswith("num_batches_tracked")]
+  if ignored:
+    print(f"Ignored from the file: {', '.join(ignored)}.")
+  for line in record["resized"]:
+    print(f"Resized {line}.")
+  print(f"Train from it: python main.py --config={args.config} --workdir=DIR "
+        f"--config.init_from={out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices.
+  parser = _parser()
+  args, extra = parser.parse_known_args(argv)
+  overrides = {}
+  if args.command == "from-torch":
+    overrides = _config_overrides(extra, parser)
+  elif extra:
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
+  try:
+    if args.command == "layouts":
+      _print_layouts(args.model)
+    elif args.command == "to-torch":
+      _to_torch(args)
+    else:
+      _from_torch(args, overrides)
+  except ConversionError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
