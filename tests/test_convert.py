@@ -290,15 +290,22 @@ def test_full_size_slresnet_logits_match(depth, record_property):
 @pytest.fixture(scope="module")
 def torchvision_r50(tmp_path_factory):
   """A random torchvision-layout ResNet-50 (exactly torchvision's 320 keys),
-  BatchNorm statistics randomised, saved with torch.save."""
+  BatchNorm statistics randomised, saved with torch.save.
+
+  The last BatchNorm of each residual branch gets small scales, as trained
+  ResNets have (and torchvision's zero_init_residual sets to 0): with scales
+  near 1 everywhere, 16 residual additions blow features up to ~1e3, where
+  float32 cannot resolve 1e-4.
+  """
   torch.manual_seed(0)
   model = create_torch_model("slresnet", attention="none", head="linear")
   with torch.no_grad():
-    for m in model.modules():
+    for name, m in model.named_modules():
       if isinstance(m, torch.nn.BatchNorm2d):
         m.running_mean.normal_(0, 0.1)
         m.running_var.uniform_(0.5, 1.5)
-        m.weight.uniform_(0.5, 1.5)
+        last = name.endswith("bn3") or name.endswith("downsample.1")
+        m.weight.uniform_(0.05, 0.2) if last else m.weight.uniform_(0.5, 1.5)
         m.bias.normal_(0, 0.1)
   path = tmp_path_factory.mktemp("tv") / "resnet50.pth"
   torch.save(model.state_dict(), path)
@@ -354,10 +361,10 @@ def test_torchvision_resnet50_imports_into_the_sl_backbone(torchvision_r50,
   scale = float(np.abs(torch_features).max())
   print(f"\ntorchvision R50 import: max |delta feature| = {diff:.3g} "
         f"(max |feature| {scale:.3g})")
-  assert diff <= TOL * max(1.0, scale)
-  np.testing.assert_allclose(
-      np.asarray(logits), torch_logits, rtol=0,
-      atol=TOL * max(1.0, float(np.abs(torch_logits).max())))
+  assert 0.1 < scale < 100.0  # Realistic magnitudes: 1e-4 means something.
+  assert diff <= TOL
+  np.testing.assert_allclose(np.asarray(logits), torch_logits, rtol=0,
+                             atol=TOL)
 
   # init_from: backbone from the file, sl/fc and the head stay at init.
   config = _config("cifar10_slresnet50", "")
