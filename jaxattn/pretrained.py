@@ -132,11 +132,12 @@ def load(config: ml_collections.ConfigDict, params: PyTree,
       {k: flat[k].astype(target[k].dtype) for k in target}), batch_stats
 
 
-def _listing(names) -> str:
+def key_listing(names, limit: int = 40) -> str:
+  """Indented lines naming the keys of a mismatch report (at most `limit`)."""
   names = list(names)
-  text = "".join(f"\n    {n}" for n in names[:40])
-  return text + (f"\n    ... and {len(names) - 40} more" if len(names) > 40
-                 else "")
+  text = "".join(f"\n    {n}" for n in names[:limit])
+  return text + (f"\n    ... and {len(names) - limit} more"
+                 if len(names) > limit else "")
 
 
 def _load_variables(config, npz_path, flat, record, params, batch_stats):
@@ -158,19 +159,19 @@ def _load_variables(config, npz_path, flat, record, params, batch_stats):
              f"{len(target)} in the model)."]
     if missing:
       lines.append(f"  Missing from the file ({len(missing)}):"
-                   f"{_listing(missing)}")
+                   f"{key_listing(missing)}")
       if not record:
         lines.append(f"  (No {CONVERSION_FILE} beside the file: a partial "
                      "import needs one listing the variables that stay at "
                      "their initialisation; from-torch writes it.)")
     if unexpected:
       lines.append(f"  Unexpected in the file ({len(unexpected)}):"
-                   f"{_listing(unexpected)}")
+                   f"{key_listing(unexpected)}")
     if stale:
       lines.append(f"  Listed as kept at init in {CONVERSION_FILE} but not "
-                   f"in the model ({len(stale)}):{_listing(stale)}")
+                   f"in the model ({len(stale)}):{key_listing(stale)}")
     if wrong:
-      lines.append(f"  Shape mismatches ({len(wrong)}):{_listing(wrong)}")
+      lines.append(f"  Shape mismatches ({len(wrong)}):{key_listing(wrong)}")
     if record:
       lines.append(f"The file was converted from {record.get('source')} "
                    f"(layout {record.get('layout')!r}) for model "

@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from jaxattn.convert import rules as rules_lib
+from jaxattn.pretrained import key_listing
 from jaxattn.convert.rules import FlaxKey, Layout
 
 DATA_PARALLEL_PREFIX = "module."
@@ -23,7 +24,6 @@ GENERIC_HINT = "the architectures differ:"
 # The classifiers' keys in the default layouts (their size is num_classes).
 CLASSIFIER_KEYS = (r"(fc(\.\d)?|output_layer|mlp_head\.3|(fusion\.)?\w+_logits|17)"
                    r"\.(weight|bias)")
-MAX_LISTED = 40
 
 
 class ConversionError(ValueError):
@@ -46,14 +46,6 @@ def natural_key(key: str):
   """'layer1.10.x' after 'layer1.9.x': digit runs compare as numbers."""
   return [(0, int(t), "") if t.isdigit() else (1, 0, t)
           for t in re.split(r"(\d+)", key)]
-
-
-def _listing(names: Sequence[str]) -> str:
-  names = list(names)
-  shown = "".join(f"\n    {n}" for n in names[:MAX_LISTED])
-  if len(names) > MAX_LISTED:
-    shown += f"\n    ... and {len(names) - MAX_LISTED} more"
-  return shown
 
 
 @dataclasses.dataclass
@@ -146,12 +138,12 @@ class Plan:
              "layout)."]
     if missing:
       lines.append(f"  Missing from the file ({len(missing)}):"
-                   f"{_listing(missing)}")
+                   f"{key_listing(missing)}")
     if unexpected:
       lines.append(f"  Unexpected in the file ({len(unexpected)}):"
-                   f"{_listing(unexpected)}")
+                   f"{key_listing(unexpected)}")
     if wrong:
-      lines.append(f"  Shape mismatches ({len(wrong)}):{_listing(wrong)}")
+      lines.append(f"  Shape mismatches ({len(wrong)}):{key_listing(wrong)}")
     hints = []
     if wrong and not missing and not unexpected and all(
         re.fullmatch(CLASSIFIER_KEYS, w.split(":")[0]) for w in wrong):
@@ -221,7 +213,7 @@ def make_plan(layout: Layout, flax_shapes: Mapping[FlaxKey, Sequence[int]]
   if unmapped and not layout.partial:
     raise ConversionError(
         f"Layout {layout.name!r} has no rule for these Flax variables "
-        f"({len(unmapped)}):{_listing([flax_name(k) for k in unmapped])}\n"
+        f"({len(unmapped)}):{key_listing([flax_name(k) for k in unmapped])}\n"
         "Is the checkpoint from another model than the layout's?")
   torch_keys = [e.torch_key for e in entries]
   if len(set(torch_keys)) != len(torch_keys):
