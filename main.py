@@ -6,6 +6,12 @@ r"""Train, resume or evaluate a jaxattn model.
   python main.py --mode=eval --workdir=W [--checkpoint=best|latest|STEP] \
       [--split='train[90%:]']
 
+Multi-process jobs (one process per GPU) start this same command in every
+process: on SLURM or Open MPI it finds its peers itself; elsewhere pass
+--coordinator_address, --num_processes and --process_id (launch/ has
+sbatch, JobSet and local launchers). SIGTERM saves a checkpoint and exits 0;
+the next start resumes.
+
 Rerunning a training command on the same workdir resumes it; a finished run
 is not trained again.
 """
@@ -22,6 +28,16 @@ flags.DEFINE_enum("mode", "train", ["train", "eval"],
 flags.DEFINE_string("checkpoint", "best", "--mode=eval: best, latest or a step.")
 flags.DEFINE_string("split", "", "--mode=eval: split to evaluate (TFDS slicing "
                     "syntax); default: the config's test, else val split.")
+flags.DEFINE_string("coordinator_address", None,
+                    "Multi-process: HOST:PORT of process 0 (not needed on "
+                    "SLURM / Open MPI, where it is detected).")
+flags.DEFINE_integer("num_processes", None,
+                     "Multi-process: processes in the job (detected on SLURM "
+                     "/ Open MPI; 1 forces a single process).")
+flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..N-1.")
+flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
+                     "Multi-process: a peer silent this long is dead and the "
+                     "job aborts instead of hanging.")
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/quickstart.py:smoke.",
     lock_config=True)
@@ -33,8 +49,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and TF hides GPUs before use.
-  from jaxattn import evaluate, train  # pylint: disable=g-import-not-at-top
+  from jaxattn import distributed, evaluate, train  # pylint: disable=g-import-not-at-top
 
+  distributed.initialize(distributed.Launch(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds))
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.mode == "eval":

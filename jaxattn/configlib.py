@@ -129,7 +129,25 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Parallelism: "jit" (one program over a Mesh, sharded batch) or "pmap"
   # (per-device program with explicit collectives, via jax.shard_map).
+  # BatchNorm statistics follow the form: under "jit" they are those of the
+  # global batch (as SyncBatchNorm); under "pmap" each device normalises
+  # with its own slice's statistics and the running averages are averaged
+  # across devices after the step (as DistributedDataParallel without
+  # SyncBatchNorm).
   c.parallel = "jit"
+  # Placement of the train state's leaves (see jaxattn/parallel.py): the
+  # first (regex over the leaf's path, "replicate" | "fsdp") that matches.
+  # ((".*", "fsdp"),) shards parameters and optimizer state over the data
+  # axis (FSDP); needs parallel="jit".
+  c.sharding_rules = ((".*", "replicate"),)
+  c.fsdp_min_size_mb = 4.0  # Smaller tensors stay replicated under "fsdp".
+  # Training order across processes. "global": every process reads the
+  # whole split (encoded; it decodes only its rows) and takes its rows of
+  # each global batch, so the data order, and the result, do not depend on
+  # the number of processes. "per_process": each process reads only 1/N of
+  # the split (less I/O for ImageNet-scale data; the order then depends on
+  # the process count).
+  c.input_order = "global"
 
   # Evaluation, early stopping, checkpoints, logging.
   c.eval_every_epochs = 1

@@ -61,7 +61,8 @@ class FeatureSource(sources.DataSource):
   def num_examples(self, split: str) -> int:
     return self._base.num_examples(split)
 
-  def read(self, split, *, process_index=0, process_count=1):
+  def read(self, split, *, process_index=0, process_count=1, decode=True):
+    del decode  # Features need no decoding.
     if (process_index, process_count) != (self._shard.process_index,
                                           self._shard.process_count):
       raise ValueError("Cached features belong to process "

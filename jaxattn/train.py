@@ -24,8 +24,8 @@ import numpy as np
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from jaxattn import (checkpointing, configlib, feature_cache, optim, parallel,
-                     pretrained, steps)
+from jaxattn import (checkpointing, configlib, distributed, feature_cache,
+                     optim, parallel, pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model
 
@@ -100,14 +100,27 @@ def image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
 
 
 def abstract_train_state(config, model, tx, mesh):
-  """Shapes of the state, each leaf carrying its (replicated) sharding."""
+  """Shapes of the state, each leaf carrying its sharding.
+
+  Shardings follow config.sharding_rules (replicated, or FSDP over the data
+  axis). Checkpoints are restored onto these, so a run saved on one mesh
+  resumes on a mesh of another size.
+  """
   create = functools.partial(steps.create_train_state, model=model, tx=tx,
                              image_shape=image_shape(config))
   shapes = jax.eval_shape(create, jax.random.key_data(jax.random.key(0)))
-  sharding = parallel.replicated(mesh)
+  shardings = parallel.state_shardings(
+      shapes, mesh, rules=config.get("sharding_rules", parallel.DEFAULT_RULES),
+      fsdp_min_size_mb=config.get("fsdp_min_size_mb", 4.0))
+  if config.parallel == "pmap" and not parallel.is_replicated(shardings):
+    raise ValueError(
+        "config.parallel='pmap' runs one program per device on a full copy "
+        "of the state, so config.sharding_rules cannot shard it (FSDP); use "
+        "--config.parallel=jit with FSDP rules.")
   return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-      shapes)
+      lambda x, sharding: jax.ShapeDtypeStruct(x.shape, x.dtype,
+                                               sharding=sharding),
+      shapes, shardings)
 
 
 def make_eval_fn(model, mesh, state_sharding, config):
@@ -146,7 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns its results."""
   workdir = os.path.abspath(workdir)
-  is_chief = jax.process_index() == 0
+  is_chief = distributed.is_chief()
 
   # --- Data source and the config it resolves ------------------------------
   source = get_source(config)
@@ -251,6 +264,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   train_metrics = None
   step = start_step
   epoch_start, epoch_start_step = time.time(), start_step
+  progress = _Progress(start_step, total_steps, steps_per_epoch,
+                       config.batch_size)
+  preemption = distributed.PreemptionWatch()
+  preempted = False
   logging.info("Training from step %d to %d.", start_step, total_steps)
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
@@ -265,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     if step % config.log_every_steps == 0 or step == total_steps:
       scalars = {f"train_{k}": v for k, v in train_metrics.compute().items()}
       writer.write_scalars(step, scalars)
+      logging.info("%s", progress.line(step, scalars))
       train_metrics = None
 
     end_of_epoch = step % steps_per_epoch == 0 or step == total_steps
@@ -299,10 +317,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     finished = step == total_steps or stop_early
     periodic = (config.checkpoint_every_steps and
                 step % config.checkpoint_every_steps == 0)
-    if evaluate_now or periodic or finished or (end_of_epoch and
-                                                not config.val_split):
+    # Every process asks every step; all see the preemption at one step.
+    preempted = not finished and preemption.should_stop(step)
+    if evaluate_now or periodic or finished or preempted or (
+        end_of_epoch and not config.val_split):
       meta.update(epoch=epoch, finished=finished, stopped_early=stop_early)
       ckpt.save(step, state, meta, best=is_best)
+    if preempted:
+      logging.warning("Preempted: saved step %d of %d in %s; rerun the same "
+                      "command to resume.", step, total_steps, ckpt.workdir)
+      break
     if stop_early:
       logging.info("Early stopping at step %d: no better val %s in %d "
                    "evaluations.", step, config.best_metric,
@@ -312,7 +336,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       epoch_start, epoch_start_step = time.time(), step
 
   # --- Final evaluation --------------------------------------------------------
+  preemption.close()
   ckpt.wait()
+  if preempted:  # Not finished: no test evaluation and no results.json.
+    writer.close()
+    ckpt.close()
+    return dict(preempted=True, final_step=step)
   results = dict(final_step=step, best_step=meta["best_step"],
                  best_val=meta["best_metric"], stopped_early=meta["stopped_early"],
                  num_params=num_params,
@@ -330,6 +359,43 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+class _Progress:
+  """One readable line per log interval: where we are, how fast, how long."""
+
+  def __init__(self, start_step: int, total_steps: int, steps_per_epoch: int,
+               batch_size: int):
+    self._total, self._per_epoch = total_steps, steps_per_epoch
+    self._batch = batch_size
+    self._last_step, self._last_time = start_step, time.time()
+    self._start_step, self._start_time = start_step, self._last_time
+
+  def line(self, step: int, scalars: dict[str, Any]) -> str:
+    now = time.time()
+    interval_rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
+    # The ETA uses the whole run's rate: the first interval pays compilation.
+    run_rate = (step - self._start_step) / max(now - self._start_time, 1e-9)
+    self._last_step, self._last_time = step, now
+    eta = (self._total - step) / max(run_rate, 1e-9)
+    epoch = (step - 1) // self._per_epoch + 1
+    epochs = math.ceil(self._total / self._per_epoch)
+    return (f"epoch {epoch}/{epochs} step {step}/{self._total} "
+            f"({100 * step / self._total:.0f}%) | loss "
+            f"{float(scalars['train_loss']):.4f} acc "
+            f"{float(scalars['train_accuracy']):.4f} lr "
+            f"{float(scalars['train_learning_rate']):.3g} | "
+            f"{interval_rate * self._batch:,.0f} img/s | ETA "
+            f"{_duration(eta)}")
+
+
+def _duration(seconds: float) -> str:
+  seconds = int(round(seconds))
+  hours, rest = divmod(seconds, 3600)
+  minutes, seconds = divmod(rest, 60)
+  if hours:
+    return f"{hours}h{minutes:02d}m"
+  return f"{minutes}m{seconds:02d}s" if minutes else f"{seconds}s"
 
 
 def _read_results(workdir: str) -> dict[str, Any]:

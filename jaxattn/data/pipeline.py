@@ -126,11 +126,30 @@ def _options() -> tf.data.Options:
 def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
                          *, shard: ProcessShard, steps_per_epoch: int,
                          num_epochs: int, start_step: int = 0) -> tf.data.Dataset:
-  """Batches of {"image", "label"} from ``start_step`` to the end of training."""
+  """Batches of {"image", "label"} from ``start_step`` to the end of training.
+
+  With several processes and ``config.input_order == "global"`` every process
+  walks the same shuffled stream of the whole split (still encoded) and keeps
+  only its rows of each global batch, so the global batches, and the
+  augmentation of each example, are those of a single-process run.
+  """
   local_batch = shard.local_batch_size
-  per_epoch = steps_per_epoch * local_batch
-  base = source.read(config.train_split, process_index=shard.process_index,
-                     process_count=shard.process_count)
+  global_batch = local_batch * shard.process_count
+  holds_features = getattr(source, "holds_features", False)
+  global_order = (shard.process_count > 1 and not holds_features and
+                  config.get("input_order", "global") == "global")
+  if config.get("input_order", "global") not in ("global", "per_process"):
+    raise ValueError(f"config.input_order={config.input_order!r} must be "
+                     "'global' or 'per_process'.")
+  if global_order:
+    # Decoding is deferred to the rows this process keeps, unless the
+    # decoded split is cached in memory anyway.
+    base = source.read(config.train_split, decode=bool(config.cache))
+    rows_per_epoch = steps_per_epoch * global_batch
+  else:
+    base = source.read(config.train_split, process_index=shard.process_index,
+                       process_count=shard.process_count)
+    rows_per_epoch = steps_per_epoch * local_batch
   if config.cache:
     base = base.cache()
   buffer = max(1, min(config.shuffle_buffer,
@@ -140,20 +159,30 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
   def one_epoch(epoch):
     shuffle_seed = data_seed * _EPOCH_SEED_STRIDE + epoch
     return base.shuffle(buffer, seed=shuffle_seed,
-                        reshuffle_each_iteration=False).take(per_epoch)
+                        reshuffle_each_iteration=False).take(rows_per_epoch)
 
   start_epoch, offset = divmod(start_step, steps_per_epoch)
   ds = tf.data.Dataset.range(start_epoch, num_epochs).flat_map(one_epoch)
   # Positions count from the start of training, so an example's augmentation
   # seed does not depend on where the run was resumed.
-  ds = ds.enumerate(start=start_epoch * per_epoch).skip(offset * local_batch)
-
-  holds_features = getattr(source, "holds_features", False)
+  ds = ds.enumerate(start=start_epoch * rows_per_epoch)
+  if global_order:
+    ds = ds.skip(offset * global_batch)
+    ds = ds.filter(lambda position, _: (position % global_batch) // local_batch
+                   == shard.process_index)
+    if not config.cache:
+      ds = ds.map(lambda position, example: (position, source.decode(example)),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    ds = ds.skip(offset * local_batch)
 
   def preprocess(position, example):
     if holds_features:  # Cached backbone outputs: nothing to preprocess.
       return example
-    unique = position * shard.process_count + shard.process_index
+    if global_order:
+      unique = position
+    else:
+      unique = position * shard.process_count + shard.process_index
     seed = tf.stack([tf.constant(data_seed, tf.int64), unique])
     return {"image": preprocess_for_train(example["image"], seed, config),
             "label": example["label"]}

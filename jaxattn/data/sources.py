@@ -77,8 +77,17 @@ class DataSource(abc.ABC):
 
   @abc.abstractmethod
   def read(self, split: str, *, process_index: int = 0,
-           process_count: int = 1) -> tf.data.Dataset:
-    """This process's share of ``split``, in a fixed order, decoded."""
+           process_count: int = 1, decode: bool = True) -> tf.data.Dataset:
+    """This process's share of ``split``, in a fixed order.
+
+    ``decode=False`` leaves images as stored (file bytes, paths) for
+    :meth:`decode` to finish later: a reader that keeps a few examples out
+    of many decodes only those.
+    """
+
+  def decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Finishes an example read with ``decode=False``."""
+    return example
 
   def has_split(self, split: str) -> bool:
     try:
@@ -147,7 +156,7 @@ class _IndexedSource(DataSource):
     return sum(stop - start for _, start, stop in
                _absolute_ranges(split, self._sizes))
 
-  def read(self, split, *, process_index=0, process_count=1):
+  def read(self, split, *, process_index=0, process_count=1, decode=True):
     items, labels = [], []
     for name, start, stop in _absolute_ranges(split, self._sizes):
       split_items, split_labels = self._split_items(name)
@@ -156,9 +165,15 @@ class _IndexedSource(DataSource):
     items = np.concatenate(items)
     labels = np.concatenate(labels).astype(np.int64)
     lo, hi = _process_slice(len(labels), process_index, process_count)
-    ds = tf.data.Dataset.from_tensor_slices((items[lo:hi], labels[lo:hi]))
-    return ds.map(lambda x, y: {"image": self._decode(x), "label": y},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = tf.data.Dataset.from_tensor_slices({"image": items[lo:hi],
+                                             "label": labels[lo:hi]})
+    if not decode:
+      return ds
+    return ds.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE,
+                  deterministic=True)
+
+  def decode(self, example):
+    return {"image": self._decode(example["image"]), "label": example["label"]}
 
 
 @dataclasses.dataclass
@@ -397,7 +412,7 @@ class TfdsSource(DataSource):
             f"splits: {self.split_names}.") from None
     return sum(b - a for _, a, b in _absolute_ranges(split, self._mock_sizes))
 
-  def read(self, split, *, process_index=0, process_count=1):
+  def read(self, split, *, process_index=0, process_count=1, decode=True):
     if not self._builder.info.splits:
       # Mocked builder: slice by hand so the syntax behaves as with real data.
       parts = [self._builder.as_dataset(split=name).skip(a).take(b - a)
@@ -413,15 +428,19 @@ class TfdsSource(DataSource):
           split=process_split, shuffle_files=False,
           decoders={self._image_key: tfds.decode.SkipDecoding()},
           read_config=tfds.ReadConfig(interleave_cycle_length=1))
-    return ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE,
+    ds = ds.map(lambda ex: {"image": ex[self._image_key],
+                            "label": tf.cast(ex[self._label_key], tf.int64)})
+    if not decode:
+      return ds
+    return ds.map(self.decode, num_parallel_calls=tf.data.AUTOTUNE,
                   deterministic=True)
 
-  def _decode(self, example):
-    image = example[self._image_key]
+  def decode(self, example):
+    image = example["image"]
     if image.dtype == tf.string:
       image = tf.io.decode_image(image, channels=self.image_shape[2],
                                  expand_animations=False)
-    return {"image": image, "label": tf.cast(example[self._label_key], tf.int64)}
+    return {"image": image, "label": example["label"]}
 
 
 def network_available(host: str = "storage.googleapis.com", port: int = 443,

@@ -52,6 +52,32 @@ def test_resumed_stream_equals_uninterrupted(augmented):
     assert collections.Counter(epoch0) <= collections.Counter(all_labels)
 
 
+@pytest.mark.parametrize("process_count", [2, 4])
+@pytest.mark.parametrize("cache", [False, True])
+def test_global_order_splits_the_single_process_batches(process_count, cache):
+  """Process p's rows of global batch b are rows p*L..(p+1)*L-1 of the
+  single-process batch b, augmentation and resume included: the training
+  result cannot depend on the number of processes."""
+  src = sources.get_source("offline:digits")
+  c = _config(cache=cache)
+  c.augment = recipes.seed004_conv_vit().augment
+  c.image_size = (16, 16)
+  spe, global_batch = 200 // 16, 16
+  local = global_batch // process_count
+  single = _batches(pipeline.create_train_dataset(
+      src, c, shard=pipeline.ProcessShard(0, 1, global_batch),
+      steps_per_epoch=spe, num_epochs=2, start_step=3))
+  parts = [_batches(pipeline.create_train_dataset(
+      src, c, shard=pipeline.ProcessShard(p, process_count, local),
+      steps_per_epoch=spe, num_epochs=2, start_step=3))
+           for p in range(process_count)]
+  assert all(len(part) == len(single) == 2 * spe - 3 for part in parts)
+  for b, batch in enumerate(single):
+    for key in ("image", "label"):
+      np.testing.assert_array_equal(
+          np.concatenate([part[b][key] for part in parts]), batch[key])
+
+
 def test_seed_changes_order_and_augmentation():
   src = sources.get_source("offline:digits")
   shard = pipeline.ProcessShard(0, 1, 16)
