@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -168,7 +169,9 @@ def test_sigterm_saves_the_current_step_and_exits_0(reference, tmp_path):
 
 def test_a_dead_peer_stops_the_other_process(tmp_path):
   """SIGKILL one of two processes: the survivor aborts instead of hanging."""
-  port = 23000 + os.getpid() % 2000
+  with socket.socket() as s:  # A free port for the coordinator.
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
   env = dict(devices_env(1), JAX_PLATFORMS="cpu")
   args = ["--config=configs/quickstart.py:smoke", "--config.num_epochs=0",
           "--config.num_steps=100000", "--config.log_every_steps=5",
