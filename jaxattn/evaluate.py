@@ -9,8 +9,9 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+from clu import metric_writers
 
-from jaxattn import checkpointing, optim, parallel, train
+from jaxattn import checkpointing, optim, parallel, plots, train
 from jaxattn.data import pipeline
 
 
@@ -22,7 +23,10 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
 
   The config defaults to the one saved in the workdir; `split` defaults to
   the config's test split, else its validation split. The metrics are also
-  written to ``WORKDIR/eval_<split>_step<N>.json``.
+  written to ``WORKDIR/eval_<split>_step<N>.json``, the confusion matrix to
+  ``WORKDIR/confusion_<split>_step<N>.png`` and the training curves to
+  ``WORKDIR/curves.png``, both also as TensorBoard images under
+  ``eval_<split>/``.
   """
   saved = checkpointing.load_config(workdir)
   config = saved if config is None else config
@@ -51,10 +55,18 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   results.update(split=split, step=step, checkpoint=str(checkpoint))
   logging.info("Eval of %s (step %d) on %s: %s", checkpoint, step, split,
                results)
+  safe_split = "".join(c if c.isalnum() else "_" for c in split).strip("_")
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() != 0)
+  pictures = plots.write_run_report(
+      workdir, config, state.variables(), model, source, mesh, shard, writer,
+      step, split=split, confusion_file=f"confusion_{safe_split}_step{step}.png",
+      image_prefix=f"eval_{safe_split}/")
+  writer.close()
   if jax.process_index() == 0:
-    safe_split = "".join(c if c.isalnum() else "_" for c in split).strip("_")
     path = os.path.join(workdir, f"eval_{safe_split}_step{step}.json")
     with open(path, "w") as f:
       json.dump(results, f, indent=2)
     results["path"] = path
+    results.update({f"{name}_path": p for name, p in pictures.items()})
   return results

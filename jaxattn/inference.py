@@ -1,0 +1,161 @@
+"""Running a trained model on image files: shared by predict and explain.
+
+Files are decoded and preprocessed by the evaluation pipeline's own function
+(``pipeline.preprocess_for_eval``), so a prediction on a file equals the one
+evaluation makes on the same image in the dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from jaxattn import checkpointing, steps
+from jaxattn.data import pipeline
+
+PyTree = Any
+
+
+class InputError(ValueError):
+  """A workdir, image file or option that cannot be used; says the fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained model restored from a workdir, ready for inference."""
+
+  model: nn.Module
+  variables: PyTree
+  config: ml_collections.ConfigDict
+  step: int
+
+  @property
+  def class_names(self) -> list[str]:
+    names = list(self.config.get("class_names") or [])
+    # A model may have more outputs than the dataset has classes (seed 001
+    # keeps 1000 logits); those outputs are named by their index.
+    return names + [str(i) for i in range(len(names), self.config.num_classes)]
+
+  @property
+  def loss_spec(self) -> steps.LossSpec:
+    return steps.LossSpec.from_config(self.config)
+
+
+def load_run(workdir: str, checkpoint: str = "best") -> Run:
+  """Restores `checkpoint` ('best', 'latest' or a step) of a workdir.
+
+  'best' falls back to the latest checkpoint when the run kept no best one
+  (training without a validation split), since that is then the only model.
+  """
+  from jaxattn import api  # pylint: disable=g-import-not-at-top
+  workdir = os.path.abspath(workdir)
+  if not os.path.isdir(workdir):
+    raise InputError(f"Workdir {workdir} does not exist. Pass the --workdir "
+                     "of a training run (python main.py --config=... "
+                     "--workdir=DIR).")
+  if not os.path.exists(os.path.join(workdir, checkpointing.CONFIG_FILE)):
+    raise InputError(
+        f"{workdir} has no {checkpointing.CONFIG_FILE}: it is not a jaxattn "
+        "workdir. Pass the --workdir of a training run.")
+  if checkpointing.load_config(workdir).model.name == "hybrid_head":
+    raise InputError(
+        f"{workdir} trained 'hybrid_head', which classifies cached backbone "
+        "logits, not images; predict and explain need a model that takes "
+        "images ('hybrid').")
+  ckpt = checkpointing.RunCheckpoints(workdir, read_only=True)
+  try:
+    latest, best = ckpt.latest_step(), ckpt.best_step()
+  finally:
+    ckpt.close()
+  if latest is None and best is None:
+    raise InputError(
+        f"{workdir} holds no checkpoint yet: train first (python main.py "
+        f"--config=... --workdir={workdir}) or wait for the first epoch to "
+        "end.")
+  which: str | int = checkpoint
+  if checkpoint == "best" and best is None:
+    which = "latest"
+  elif checkpoint not in ("best", "latest"):
+    try:
+      which = int(checkpoint)
+    except ValueError:
+      raise InputError(f"--checkpoint={checkpoint!r} is neither 'best', "
+                       "'latest' nor a step number.") from None
+  try:
+    model, variables, config = api.load(workdir, step=which)
+  except checkpointing.CheckpointError as e:
+    raise InputError(str(e)) from None
+  step = {"best": best, "latest": latest}.get(which, which)
+  return Run(model, variables, config, int(step))
+
+
+def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
+                ) -> np.ndarray:
+  """Image files -> float32 [N, H, W, C], preprocessed as in evaluation."""
+  missing = [p for p in paths if not os.path.isfile(p)]
+  if missing:
+    raise InputError(f"Image file(s) not found: {', '.join(missing)}. Check "
+                     "the paths (PNG, JPEG, BMP or GIF files).")
+  images = []
+  for path in paths:
+    try:
+      decoded = tf.io.decode_image(tf.io.read_file(path),
+                                   channels=config.num_channels,
+                                   expand_animations=False)
+    except tf.errors.InvalidArgumentError:
+      raise InputError(f"{path} is not an image TensorFlow can decode (PNG, "
+                       "JPEG, BMP or GIF).") from None
+    images.append(pipeline.preprocess_for_eval(decoded, config).numpy())
+  return np.stack(images)
+
+
+def to_display(images: np.ndarray, config: ml_collections.ConfigDict
+               ) -> np.ndarray:
+  """Preprocessed model inputs -> [0, 1] floats: the image the model saw."""
+  mean = np.asarray(config.pixel_mean, np.float32)
+  std = np.asarray(config.pixel_std, np.float32)
+  return np.clip(images * std + mean, 0.0, 1.0)
+
+
+def label_from_path(path: str, class_names: Sequence[str]) -> int | None:
+  """The class of a file in a ``<class>/<file>`` folder, else None."""
+  parent = os.path.basename(os.path.dirname(os.path.abspath(path)))
+  return list(class_names).index(parent) if parent in class_names else None
+
+
+def output_logits(model_output: Any, loss_spec: steps.LossSpec) -> jax.Array:
+  """The logits metrics use: the metric output of a dict, log-probabilities
+  for softmax outputs (so softmax of them gives back the probabilities)."""
+  if isinstance(model_output, dict):
+    model_output = model_output[loss_spec.metric_output]
+  return loss_spec.as_logits(model_output)
+
+
+def make_predict_fn(run: Run, batch_size: int = 32):
+  """``images -> class probabilities [N, num_classes]``, jitted, in batches
+  (a ViT-B/8's attention over 785 tokens takes GBs for a hundred images)."""
+
+  @jax.jit
+  def predict(variables, images):
+    output = run.model.apply(variables, images, train=False)
+    return jax.nn.softmax(output_logits(output, run.loss_spec), axis=-1)
+
+  def predict_all(images: np.ndarray) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(predict(run.variables, images[batch]))
+         for batch in in_batches(len(images), batch_size)] or
+        [np.zeros((0, run.config.num_classes), np.float32)])
+
+  return predict_all
+
+
+def in_batches(n: int, batch_size: int) -> list[slice]:
+  return [slice(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
