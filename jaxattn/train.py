@@ -25,7 +25,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from jaxattn import (checkpointing, configlib, distributed, feature_cache,
-                     optim, parallel, pretrained, steps)
+                     optim, parallel, plots, pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model
 
@@ -353,6 +353,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                 for k, v in results["test"].items()})
     logging.info("Test (%s) at step %d: %s", config.test_split, step,
                  results["test"])
+  # curves.png and confusion_matrix.png (test split, else validation), also
+  # as TensorBoard images. Every process takes part in the predictions.
+  plots.write_run_report(workdir, config, state.variables(), model, source,
+                         mesh, eval_shard, writer, step)
   writer.close()
   ckpt.close()
   if is_chief:
