@@ -141,13 +141,41 @@ class GSoP(nn.Module):
     # NHWC view of the official (B, d_i, d_j, 1): height j, width 1, channel i.
     rows = cov.transpose(0, 2, 1)[:, :, None, :]
     rows = torch_layers.batch_norm(train, "row_bn", self.dtype)(rows)
-    z = torch_layers.conv(4 * d, (d, 1), d, "row_conv_group", self.dtype,
-                          feature_group_count=d,
-                          kernel_init=self.kernel_init)(rows)
+    z = _RowConvGroup(d, self.dtype, self.kernel_init,
+                      name="row_conv_group")(rows)
     z = torch_layers.conv(c, (1, 1), 4 * d, "fc_adapt_channels", self.dtype,
                           kernel_init=self.kernel_init)(z)  # (B, 1, 1, C)
     gate = nn.sigmoid(z.astype(jnp.float32)).astype(x.dtype)
     return x * gate
+
+
+class _RowConvGroup(nn.Module):
+  """``Conv2d(d, 4d, kernel (d, 1), groups=d)`` on (B, d, 1, d) rows.
+
+  Each group is one channel: output ``4g + k`` is the dot product of row
+  ``g`` of the covariance with its own weight vector. Written as one einsum,
+  with the parameters nn.Conv would have (kernel [d, 1, 1, 4d], bias [4d],
+  same initialisers): XLA's CPU backend has no fast grouped convolution and
+  this one took seconds per step, forward and backward.
+  """
+
+  reduced_dim: int
+  dtype: Any
+  kernel_init: Initializer
+
+  @nn.compact
+  def __call__(self, rows: Array) -> Array:
+    d = self.reduced_dim
+    kernel = self.param("kernel", self.kernel_init, (d, 1, 1, 4 * d),
+                        jnp.float32)
+    bias = self.param("bias", torch_layers.bias_init(d), (4 * d,),
+                      jnp.float32)
+    rows, kernel, bias = nn.dtypes.promote_dtype(rows, kernel, bias,
+                                                 dtype=self.dtype)
+    # kernel[j, 0, 0, 4g + k] -> [j, g, k]; rows[b, j, 0, g].
+    z = jnp.einsum("bjg,jgk->bgk", rows[:, :, 0, :],
+                   kernel.reshape(d, d, 4))
+    return z.reshape(rows.shape[0], 1, 1, 4 * d) + bias
 
 
 # --------------------------------------------------------------------------
