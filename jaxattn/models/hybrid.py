@@ -431,6 +431,56 @@ class BottleneckRefinement(nn.Module):
     return h + conv(c, 1, "group_conv_2", self.groups)(d)
 
 
+class SameConv1D(nn.Module):
+  """``nn.Conv(features, (k,), padding="SAME", feature_group_count=groups)``
+  on (B, L, C), as a sum of per-tap matmuls over the taps that reach data.
+
+  The same parameters (kernel [k, C/groups, features], bias) and outputs as
+  ``nn.Conv``, computed without XLA's convolution: on the fusion head's
+  length-2 sequences a 'same' kernel of k taps only ever multiplies its
+  2L - 1 = 3 middle taps with data, the rest with padding, and XLA:CPU ran the
+  depthwise k=250 conv's weight gradient as a dilated convolution over all
+  taps (a quarter of a second per step at batch 64). ``groups`` is 1 or C
+  (depthwise, output channel c * multiplier + m reads input channel c).
+  """
+
+  features: int
+  kernel_size: int
+  groups: int = 1
+  dtype: Any = jnp.float32
+  kernel_init: nn.initializers.Initializer = _he_normal
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    length, channels = x.shape[-2], x.shape[-1]
+    if self.groups not in (1, channels) or self.features % self.groups:
+      raise ValueError(
+          f"SameConv1D supports groups=1 or depthwise groups={channels} with "
+          f"features a multiple of it; got groups={self.groups}, features="
+          f"{self.features}.")
+    kernel = self.param("kernel", self.kernel_init,
+                        (self.kernel_size, channels // self.groups,
+                         self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,),
+                      jnp.float32)
+    x = x.astype(self.dtype)
+    kernel = kernel.astype(self.dtype)
+    if self.groups > 1:  # Depthwise: repeat each input channel per output.
+      x = jnp.repeat(x, self.features // channels, axis=-1)
+    left = (self.kernel_size - 1) // 2  # 'SAME': the odd one out on the right.
+    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(length, length), (0, 0)])
+    out = None
+    # out[t] = sum_j x[t + j - left] * kernel[j], x zero outside [0, L).
+    for tap in range(max(0, left - length + 1),
+                     min(self.kernel_size, left + length)):
+      start = length + tap - left
+      window = padded[..., start:start + length, :]
+      term = (window * kernel[tap, 0] if self.groups > 1
+              else window @ kernel[tap])
+      out = term if out is None else out + term
+    return out + bias.astype(self.dtype)
+
+
 REFINEMENTS = ("none", "bottleneck")
 
 
@@ -471,10 +521,8 @@ class HybridFusionHead(nn.Module):
   def _conv(self, features, kernel_size, name, groups=1, kernel_init=_he_normal):
     # Keras Conv1D 'same' on a length-2 sequence: k=3 pads 1/1, k=250 pads
     # 124/125 (TF puts the extra one on the right, as Flax 'SAME' does).
-    return nn.Conv(features, (kernel_size,), padding="SAME",
-                   feature_group_count=groups, dtype=self.dtype,
-                   param_dtype=jnp.float32, kernel_init=kernel_init,
-                   bias_init=nn.initializers.zeros, name=name)
+    return SameConv1D(features, kernel_size, groups, dtype=self.dtype,
+                      kernel_init=kernel_init, name=name)
 
   def _batch_norm(self, name, train):
     return nn.BatchNorm(use_running_average=not train, momentum=0.99,

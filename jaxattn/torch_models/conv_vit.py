@@ -134,8 +134,10 @@ class ConvViT(nn.Module):
   def __init__(self, num_classes: int = 10, patch_size: int = 2,
                embedding_dim: int = 32, depth: int = 4, head_channels: int = 8,
                mlp_ratio: int = 4, *, image_size=32, in_channels: int = 3,
-               dtype=None):
-    del dtype  # Flax compute dtype; the PyTorch model runs in its own dtype.
+               dtype=None, chunk_size=None):
+    # Flax-only options: the compute dtype (the PyTorch model runs in its
+    # own) and the CPU batch chunking, which does not change the outputs.
+    del dtype, chunk_size
     super().__init__()
     self.embedding = Embedding(image_size, patch_size, in_channels,
                                embedding_dim)
