@@ -1,0 +1,430 @@
+r"""Measure a config's train step, eval step or input pipeline.
+
+  python -m jaxattn.bench --config=configs/cifar10_convvit.py \
+      --config.compute_dtype=float32 [--batch=128] [--steps=20] [--json=FILE]
+  python -m jaxattn.bench --mode=pipeline --config=configs/cifar10_convvit.py \
+      --config.dataset=folder:/tmp/cifar [--steps=100] [--json=FILE]
+
+``--mode=train`` (default) builds the config's model, optimizer and the very
+train step that ``main.py`` runs (same jit, shardings and donation), feeds it
+one synthetic batch of the config's shape (random normalised images; the
+backbone logits for seed 000's feature-cached head), and reports:
+
+* ``lower_s`` and ``compile_s``: tracing + lowering, then XLA compilation
+  (ahead of time, ``.lower().compile()``), so the timed steps compile nothing;
+* ``train_images_per_s``: batch / median step time of ``--steps`` steps after
+  ``--warmup`` steps (and ``train_images_per_s_best`` from the fastest one);
+* ``eval_images_per_s``: the same for the eval step at ``eval_batch_size``;
+* ``train_flops_per_image`` / ``eval_flops_per_image`` from XLA's cost
+  analysis of the compiled programs (a train step is forward, backward and
+  optimizer update), and the achieved ``train_flops_per_s``;
+* ``peak_rss_mib``: the process's peak resident host memory.
+
+``--mode=pipeline`` times the real tf.data training input of the config
+(decoding, augmentation, batching; no model): ``pipeline_images_per_s`` over
+``--steps`` batches after ``--warmup`` batches. The first epoch decodes
+every image; later ones read the decoded cache (``config.cache``): pass
+``--warmup`` of at least one epoch of batches to time the cached state.
+
+The host syncs (``block_until_ready``) only at timing boundaries. Every
+figure is printed and, with ``--json``, written as one JSON object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Config file[:ARGS], e.g. configs/cifar10_convvit.py.",
+    lock_config=True)
+_MODE = flags.DEFINE_enum(
+    "mode", "train", ["train", "pipeline"],
+    "train: the train and eval steps on synthetic data; pipeline: the tf.data "
+    "training input alone, on the config's dataset.")
+_BATCH = flags.DEFINE_integer(
+    "batch", 0, "Global batch size; 0 for config.batch_size.")
+_EVAL_BATCH = flags.DEFINE_integer(
+    "eval_batch", 0, "Eval batch size; 0 for config.eval_batch_size.")
+_STEPS = flags.DEFINE_integer(
+    "steps", 20, "Timed steps (train mode) or batches (pipeline mode).")
+_EVAL_STEPS = flags.DEFINE_integer(
+    "eval_steps", 10, "Timed eval steps; 0 skips the eval step.")
+_WARMUP = flags.DEFINE_integer(
+    "warmup", 3, "Untimed steps (or batches) before timing.")
+_JSON = flags.DEFINE_string("json", "", "Also write the results to this file.")
+_PROFILE_DIR = flags.DEFINE_string(
+    "profile_dir", "", "Write a jax.profiler trace of a few extra train steps "
+    "here (open with TensorBoard's profile plugin or Perfetto).")
+_HLO_FILE = flags.DEFINE_string(
+    "hlo_file", "", "Write the compiled train step's optimized HLO here.")
+
+# ----------------------------------------------------------------------------
+# Shared helpers.
+# ----------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+  """What the numbers were measured on."""
+  import jax  # pylint: disable=g-import-not-at-top
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as f:
+      cpu = next((line.split(":", 1)[1].strip() for line in f
+                  if line.startswith("model name")), cpu)
+  except OSError:
+    pass
+  return dict(cpu=cpu, cpu_count=os.cpu_count(),
+              platform=jax.default_backend(),
+              device_kind=jax.devices()[0].device_kind,
+              device_count=jax.device_count(), jax_version=jax.__version__,
+              xla_flags=os.environ.get("XLA_FLAGS", ""))
+
+
+def peak_rss_mib() -> float:
+  """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
+  peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return peak / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+def load_config_or_explain():
+  """The --config value, or a usage error naming the configs that exist."""
+  try:
+    config = _CONFIG.value
+    if config is not None:
+      config.model.name  # pylint: disable=pointless-statement
+  except (OSError, ValueError) as e:  # Missing file, bad ARGS or --config.KEY.
+    configs_dir = os.path.join(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))), "configs")
+    known = (sorted(f for f in os.listdir(configs_dir) if f.endswith(".py"))
+             if os.path.isdir(configs_dir) else [])
+    reason = str(e).strip().splitlines()[-1].strip()
+    name = config_flags.get_config_filename(flags.FLAGS["config"])
+    raise app.UsageError(
+        f"Cannot load --config={name}: {reason}\nConfigs in {configs_dir}: "
+        f"{', '.join(known)}.") from None
+  if config is None:
+    raise app.UsageError("--config=configs/NAME.py[:ARGS] is required.")
+  return config
+
+
+def metadata_source(config):
+  """The dataset's classes and shapes; a TFDS dataset is never downloaded."""
+  # pylint: disable=g-import-not-at-top
+  from jaxattn import train
+  from jaxattn.data import sources
+  # pylint: enable=g-import-not-at-top
+  kind, _, name = config.dataset.partition(":")
+  if kind == "tfds":  # Shapes and classes from the builder's code.
+    return sources.MockSource(name)
+  return train.get_source(config)
+
+
+def feeds_backbone_logits(config) -> bool:
+  """Seed 000's head trains on cached backbone logits, not on images."""
+  return bool(config.cache_backbone_features or
+              config.model.name == "hybrid_head")
+
+
+def example_shape(config) -> tuple[int, ...]:
+  """Shape of one example of the train step's batch."""
+  # pylint: disable=g-import-not-at-top
+  from jaxattn import train
+  from jaxattn.models.hybrid import IMAGENET_CLASSES
+  # pylint: enable=g-import-not-at-top
+  if feeds_backbone_logits(config):  # The frozen ViT-B/8's ImageNet logits.
+    return (IMAGENET_CLASSES,)
+  return train.image_shape(config)
+
+
+def _median_and_best(seconds: list[float]) -> tuple[float, float]:
+  return statistics.median(seconds), min(seconds)
+
+
+def time_calls(step_fn: Callable[[], None], num_calls: int) -> list[float]:
+  """Wall time of each call; ``step_fn`` waits for its own outputs."""
+  seconds = []
+  for _ in range(num_calls):
+    start = time.perf_counter()
+    step_fn()
+    seconds.append(time.perf_counter() - start)
+  return seconds
+
+
+def _flops(compiled, num_devices: int) -> float:
+  """FLOPs of one call of a compiled program over all devices (0: unknown).
+
+  XLA analyses the partitioned program that each device runs.
+  """
+  analysis = compiled.cost_analysis()
+  if isinstance(analysis, (list, tuple)):  # Older jax: one dict per program.
+    analysis = analysis[0] if analysis else {}
+  return float((analysis or {}).get("flops", 0.0)) * num_devices
+
+
+# ----------------------------------------------------------------------------
+# Train and eval steps.
+# ----------------------------------------------------------------------------
+@dataclasses.dataclass
+class CompiledStep:
+  """One compiled step bound to its state and a synthetic batch.
+
+  ``run()`` executes one step and waits for its outputs; the train step
+  carries its (donated) state from call to call.
+  """
+
+  batch_size: int
+  lower_s: float
+  compile_s: float
+  flops: float  # Per call, from XLA's cost analysis; 0 when unknown.
+  run: Callable[[], None]
+  hlo_text: Callable[[], str]
+
+
+@dataclasses.dataclass
+class Steps:
+  """The config's train step (and eval step) ready to time."""
+
+  config: Any  # Resolved (classes and channels filled in).
+  num_params: int
+  example_shape: tuple[int, ...]
+  train: CompiledStep
+  eval: CompiledStep | None
+
+
+def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
+                ) -> Steps:
+  """Compiles the config's train step as train.py does, on synthetic data.
+
+  Same model, optimizer, schedule, loss, jit shardings and state donation
+  as ``train.train_and_evaluate``; the batch is random data of the config's
+  shape. ``eval_batch_size=0`` skips the eval step.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import numpy as np
+  from jaxattn import optim, parallel, steps, train
+  # pylint: enable=g-import-not-at-top
+
+  source = metadata_source(config)
+  config = train.resolve_config(config, source, check_splits=False)
+  mesh = parallel.create_mesh()
+  parallel.check_batch_size(batch_size)
+  if eval_batch_size:
+    parallel.check_batch_size(eval_batch_size, "eval_batch_size")
+  try:
+    num_train = source.num_examples(config.train_split)
+  except Exception:  # pylint: disable=broad-except
+    num_train = 0  # Metadata only: the schedule's epoch length is nominal.
+  steps_per_epoch = max(1, num_train // batch_size) if num_train else 1000
+  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
+
+  model = train.build_model(config)
+  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch,
+                                                   total_steps)
+  tx = optim.create_optimizer(config, learning_rate_fn)
+  shape = example_shape(config)
+  init_shape = shape if config.model.name == "hybrid_head" else (
+      train.image_shape(config))
+  replicated = parallel.replicated(mesh)
+  init = jax.jit(functools.partial(steps.create_train_state, model=model,
+                                   tx=tx, image_shape=init_shape),
+                 out_shardings=replicated)
+  state = init(jax.random.key_data(jax.random.key(config.seed)))
+  state_sharding = jax.tree.map(lambda x: x.sharding, state)
+  batch_sharding = parallel.batch_sharded(mesh)
+  train_fn = jax.jit(
+      functools.partial(steps.train_step, model=model, tx=tx,
+                        learning_rate_fn=learning_rate_fn,
+                        loss_spec=steps.LossSpec.from_config(config),
+                        parallel=config.parallel, mesh=mesh),
+      in_shardings=(state_sharding, batch_sharding),
+      out_shardings=(state_sharding, replicated), donate_argnums=0)
+  rng = np.random.default_rng(0)
+
+  def synthetic_batch(size: int, with_mask: bool):
+    # Normalised images are roughly N(0, 1), and so, scaled, are logits.
+    batch = {"image": rng.standard_normal((size, *shape)).astype(np.float32),
+             "label": rng.integers(0, config.num_classes, size)}
+    if with_mask:
+      batch["mask"] = np.ones(size, np.float32)
+    return parallel.global_batch(batch, batch_sharding)
+
+  def compile_step(fn, *args):
+    start = time.perf_counter()
+    lowered = fn.lower(*args)
+    lower_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    return compiled, lower_seconds, time.perf_counter() - start
+
+  batch = synthetic_batch(batch_size, with_mask=False)
+  train_compiled, lower_s, compile_s = compile_step(train_fn, state, batch)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  current = {"state": state}
+  del state  # Donated by the first step: only `current` may hold it.
+
+  def train_once():
+    current["state"], _ = train_compiled(current["state"], batch)
+    jax.block_until_ready(current["state"])
+
+  train_step = CompiledStep(batch_size, lower_s, compile_s,
+                            _flops(train_compiled, mesh.size), train_once,
+                            train_compiled.as_text)
+  eval_step = None
+  if eval_batch_size:
+    eval_fn = train.make_eval_fn(model, mesh, state_sharding, config)
+    eval_batch = synthetic_batch(eval_batch_size, with_mask=True)
+    eval_compiled, eval_lower_s, eval_compile_s = compile_step(
+        eval_fn, current["state"], eval_batch)
+
+    def eval_once():
+      jax.block_until_ready(eval_compiled(current["state"], eval_batch))
+
+    eval_step = CompiledStep(eval_batch_size, eval_lower_s, eval_compile_s,
+                             _flops(eval_compiled, mesh.size), eval_once,
+                             eval_compiled.as_text)
+  return Steps(config=config, num_params=int(num_params),
+               example_shape=tuple(shape), train=train_step, eval=eval_step)
+
+
+def bench_steps(config, *, batch_size: int, eval_batch_size: int,
+                num_steps: int, num_eval_steps: int, warmup: int,
+                profile_dir: str = "", hlo_file: str = "") -> dict[str, Any]:
+  """Compiles and times the config's train (and eval) step; see the module doc."""
+  import jax  # pylint: disable=g-import-not-at-top
+  built = build_steps(config, batch_size=batch_size,
+                      eval_batch_size=eval_batch_size if num_eval_steps else 0)
+  config, train_step = built.config, built.train
+  if hlo_file:
+    with open(hlo_file, "w") as f:
+      f.write(train_step.hlo_text())
+  time_calls(train_step.run, warmup)
+  seconds, best = _median_and_best(time_calls(train_step.run, num_steps))
+  results = dict(
+      model=config.model.name, compute_dtype=config.compute_dtype,
+      num_params=built.num_params, batch_size=batch_size,
+      example_shape=list(built.example_shape), lower_s=train_step.lower_s,
+      compile_s=train_step.compile_s, train_steps=num_steps,
+      train_step_s=seconds, train_images_per_s=batch_size / seconds,
+      train_images_per_s_best=batch_size / best,
+      train_flops_per_image=train_step.flops / batch_size,
+      train_flops_per_s=train_step.flops / seconds)
+  if profile_dir:
+    with jax.profiler.trace(profile_dir):
+      for step in range(3):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+          train_step.run()
+    results["profile_dir"] = profile_dir
+  if built.eval is not None:
+    eval_step = built.eval
+    time_calls(eval_step.run, warmup)
+    seconds, best = _median_and_best(time_calls(eval_step.run, num_eval_steps))
+    results.update(
+        eval_batch_size=eval_step.batch_size, eval_compile_s=eval_step.compile_s,
+        eval_steps=num_eval_steps, eval_step_s=seconds,
+        eval_images_per_s=eval_step.batch_size / seconds,
+        eval_images_per_s_best=eval_step.batch_size / best,
+        eval_flops_per_image=eval_step.flops / eval_step.batch_size)
+  return results
+
+
+# ----------------------------------------------------------------------------
+# Input pipeline.
+# ----------------------------------------------------------------------------
+def bench_pipeline(config, *, batch_size: int, num_batches: int,
+                   warmup: int) -> dict[str, Any]:
+  """Times the config's tf.data training input; see the module doc."""
+  # pylint: disable=g-import-not-at-top
+  from jaxattn import train
+  from jaxattn.data import pipeline
+  # pylint: enable=g-import-not-at-top
+
+  source = train.get_source(config)
+  config = train.resolve_config(config, source)
+  num_train = source.num_examples(config.train_split)
+  steps_per_epoch = num_train // batch_size
+  if not steps_per_epoch:
+    raise ValueError(f"--batch={batch_size} exceeds the {num_train} examples "
+                     f"of {config.train_split!r}.")
+  total = warmup + num_batches
+  shard = pipeline.ProcessShard(0, 1, batch_size)
+  start = time.perf_counter()
+  ds = pipeline.create_train_dataset(
+      source, config, shard=shard, steps_per_epoch=steps_per_epoch,
+      num_epochs=-(-total // steps_per_epoch))
+  batches = pipeline.as_numpy(ds)
+  for _ in range(warmup):
+    next(batches)
+  warmup_seconds = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in range(num_batches):
+    next(batches)
+  seconds = time.perf_counter() - start
+  return dict(
+      dataset=config.dataset, split=config.train_split, batch_size=batch_size,
+      pipeline_warmup_batches=warmup,
+      pipeline_warmup_s=warmup_seconds, pipeline_batches=num_batches,
+      pipeline_s=seconds, pipeline_images_per_s=num_batches * batch_size /
+      seconds,
+      # Batches after the first epoch come from the decoded cache.
+      pipeline_from_cache=bool(config.cache and warmup >= steps_per_epoch),
+      steps_per_epoch=steps_per_epoch)
+
+
+# ----------------------------------------------------------------------------
+# Command line.
+# ----------------------------------------------------------------------------
+def _print(results: dict[str, Any]) -> None:
+  for key, value in results.items():
+    if isinstance(value, float):
+      value = f"{value:.4g}" if abs(value) < 1e4 else f"{value:.4e}"
+    print(f"{key:28s} {value}")
+  sys.stdout.flush()
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  config = load_config_or_explain()
+  for name, flag in (("--steps", _STEPS), ("--warmup", _WARMUP),
+                     ("--eval_steps", _EVAL_STEPS)):
+    if flag.value < (1 if name == "--steps" else 0):
+      raise app.UsageError(f"{name}={flag.value} is out of range.")
+  batch_size = _BATCH.value or config.batch_size
+  results = dict(command=" ".join(["python -m jaxattn.bench", *sys.argv[1:]]),
+                 config=config_flags.get_config_filename(flags.FLAGS["config"]),
+                 mode=_MODE.value, **machine())
+  if _MODE.value == "train":
+    results.update(bench_steps(
+        config, batch_size=batch_size,
+        eval_batch_size=_EVAL_BATCH.value or config.eval_batch_size,
+        num_steps=_STEPS.value, num_eval_steps=_EVAL_STEPS.value,
+        warmup=_WARMUP.value, profile_dir=_PROFILE_DIR.value,
+        hlo_file=_HLO_FILE.value))
+  else:
+    results.update(bench_pipeline(config, batch_size=batch_size,
+                                  num_batches=_STEPS.value,
+                                  warmup=_WARMUP.value))
+  results["peak_rss_mib"] = peak_rss_mib()
+  _print(results)
+  if _JSON.value:
+    with open(_JSON.value, "w") as f:
+      json.dump(results, f, indent=2)
+      f.write("\n")
+
+
+if __name__ == "__main__":
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.config.config_with_absl()  # --jax_num_cpu_devices=2 etc.
+  app.run(main)
