@@ -806,32 +806,36 @@ def random_erasing(image,
   returned unchanged (as torchvision does).
   """
   image = tf.convert_to_tensor(image)
-  shape = tf.shape(image)
-  height, width = shape[0], shape[1]
+  if isinstance(value, str) and value != "random":
+    raise ValueError(f"value must be a number, a sequence or 'random', got {value!r}.")
   s_apply, s_box, s_value = _split(seed, 3)
-
   apply = tf.random.stateless_uniform([], s_apply, dtype=tf.float32) < p
-  h, w, u = _sample_boxes(seed=s_box, height=height, width=width, scale=scale,
-                          ratio=ratio, height_first=True)
-  valid = (h < height) & (w < width)
-  idx, found = _first_true(valid)
-  h, w = h[idx], w[idx]
-  i = _randint(u[idx, 0], height - h + 1)
-  j = _randint(u[idx, 1], width - w + 1)
 
-  rows = tf.range(height)[:, None, None]
-  cols = tf.range(width)[None, :, None]
-  mask = (rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)
-  mask = mask & apply & found
+  def erase():
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    h, w, u = _sample_boxes(seed=s_box, height=height, width=width,
+                            scale=scale, ratio=ratio, height_first=True)
+    valid = (h < height) & (w < width)
+    idx, found = _first_true(valid)
+    h, w = h[idx], w[idx]
+    i = _randint(u[idx, 0], height - h + 1)
+    j = _randint(u[idx, 1], width - w + 1)
+    rows = tf.range(height)[:, None, None]
+    cols = tf.range(width)[None, :, None]
+    mask = (rows >= i) & (rows < i + h) & (cols >= j) & (cols < j + w)
+    mask = mask & found
+    if isinstance(value, str):
+      fill = tf.random.stateless_normal(shape, s_value, dtype=image.dtype)
+    else:
+      fill = tf.cast(tf.constant(value, tf.float32), image.dtype)
+      fill = tf.reshape(fill, [-1])[None, None, :]  # scalar or per-channel
+    return tf.where(mask, fill, image)
 
-  if isinstance(value, str):
-    if value != "random":
-      raise ValueError(f"value must be a number, a sequence or 'random', got {value!r}.")
-    fill = tf.random.stateless_normal(shape, s_value, dtype=image.dtype)
-  else:
-    fill = tf.cast(tf.constant(value, tf.float32), image.dtype)
-    fill = tf.reshape(fill, [-1])[None, None, :]  # scalar or per-channel
-  return tf.where(mask, fill, image)
+  # Only a fraction p of the images is erased: the others skip the box
+  # sampling (a tf.data map runs this per image, and its ops add up). The
+  # draws are stateless, so erased images are the same either way.
+  return tf.ensure_shape(tf.cond(apply, erase, lambda: image), image.shape)
 
 
 def normalize(image, mean: Sequence[float], std: Sequence[float]):
