@@ -146,7 +146,7 @@ class TorchStep:
     torch, config = self.torch, self.config
     self.optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast):
-      outputs = (module or self.module)(self.inputs)
+      outputs = (self.module if module is None else module)(self.inputs)
     loss = torch_loss(outputs, self.labels, config)
     loss.backward()
     if config.grad_clip_norm and config.grad_clip_mode == "global":

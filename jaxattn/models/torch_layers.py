@@ -20,6 +20,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.models import fast_ops
+
 Array = jax.Array
 
 _kaiming_uniform_a_sqrt5 = nn.initializers.variance_scaling(
@@ -52,6 +54,35 @@ def linear(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
   return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32,
                   kernel_init=kernel_init, bias_init=bias_init(fan_in),
                   name=name)
+
+
+class Linear(nn.Module):
+  """``nn.Dense`` (same parameters, init hooks and outputs) whose weight
+  gradient XLA:CPU computes faster (``fast_ops.dense``).
+
+  ``bias_init`` receives the fan-in and returns the initializer (PyTorch's
+  default: ``bias_init``); kernels are [fan_in, features], float32.
+  """
+
+  features: int
+  dtype: Any = jnp.float32
+  kernel_init: Callable[..., Array] = kernel_init
+  bias_init: Callable[[int], nn.initializers.Initializer] = bias_init
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    fan_in = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init, (fan_in, self.features),
+                        jnp.float32)
+    bias = self.param("bias", self.bias_init(fan_in), (self.features,),
+                      jnp.float32)
+    return fast_ops.dense(x.astype(self.dtype), kernel, bias)
+
+
+def zeros_bias(fan_in: int) -> nn.initializers.Initializer:
+  """A ``Linear.bias_init`` for zero biases (``nn.MultiheadAttention``'s)."""
+  del fan_in
+  return nn.initializers.zeros
 
 
 def conv(features: int, kernel_size: tuple[int, int], fan_in: int, name: str,

@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import torch_layers
+from jaxattn.models import fast_ops, torch_layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -104,18 +104,16 @@ class MultiHeadSelfAttention(nn.Module):
     head_dim = d // self.num_heads
 
     def project(name):
-      dense = nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
-                       kernel_init=_torch_in_proj_init,
-                       bias_init=nn.initializers.zeros, name=name)
+      dense = torch_layers.Linear(d, self.dtype,
+                                  kernel_init=_torch_in_proj_init,
+                                  bias_init=torch_layers.zeros_bias, name=name)
       return dense(x).reshape(b, n, self.num_heads, head_dim)
 
     q, k, v = project("query"), project("key"), project("value")
     out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
     # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
-    return nn.Dense(d, dtype=self.dtype, param_dtype=jnp.float32,
-                    kernel_init=torch_layers.kernel_init,
-                    bias_init=nn.initializers.zeros,
-                    name="out")(out.reshape(b, n, d))
+    return torch_layers.Linear(d, self.dtype, bias_init=torch_layers.zeros_bias,
+                               name="out")(out.reshape(b, n, d))
 
 
 class MlpBlock(nn.Module):
@@ -127,9 +125,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
-    x = torch_layers.linear(self.mlp_dim, d, "fc1", self.dtype)(x)
-    x = nn.gelu(x, approximate=False)  # torch.nn.GELU is erf-exact.
-    return torch_layers.linear(d, self.mlp_dim, "fc2", self.dtype)(x)
+    x = torch_layers.Linear(self.mlp_dim, self.dtype, name="fc1")(x)
+    x = fast_ops.gelu(x)  # torch.nn.GELU is erf-exact.
+    return torch_layers.Linear(d, self.dtype, name="fc2")(x)
 
 
 class EncoderBlock(nn.Module):
