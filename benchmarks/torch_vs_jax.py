@@ -2,7 +2,7 @@ r"""JAX train step vs the same model's plain-PyTorch train step, same run.
 
   python benchmarks/torch_vs_jax.py [--cases=conv_vit,vit,se_cnn,slresnet50,hybrid_head]
       [--steps=10] [--rounds=3] [--compile_timeout=900] [--no_compile]
-      [--json=FILE]
+      [--jax_cpu_devices=2] [--json=FILE]
 
 For each case (a config plus overrides, see ``CASES``), in one process:
 
@@ -285,6 +285,10 @@ def main(argv=None) -> int:
                       help="Skip torch.compile.")
   parser.add_argument("--compile_timeout", type=int, default=900,
                       help="Seconds allowed for torch.compile's first step.")
+  parser.add_argument("--jax_cpu_devices", type=int, default=0,
+                      help="Split JAX's CPU into this many devices (data "
+                      "parallel over the cores, see benchmarks/README.md); "
+                      "0 keeps JAX's default of one.")
   parser.add_argument("--json", default="", help="Write all results here.")
   args = parser.parse_args(argv)
   names = [n.strip() for n in args.cases.split(",") if n.strip()]
@@ -292,6 +296,9 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"Unknown case(s) {unknown}; known: {', '.join(CASES)}.")
 
+  import jax  # pylint: disable=g-import-not-at-top
+  if args.jax_cpu_devices:  # Before JAX starts its CPU backend.
+    jax.config.update("jax_num_cpu_devices", args.jax_cpu_devices)
   import torch  # pylint: disable=g-import-not-at-top
   from jaxattn import bench  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)

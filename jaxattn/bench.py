@@ -17,7 +17,10 @@ backbone logits for seed 000's feature-cached head), and reports:
 * ``eval_images_per_s``: the same for the eval step at ``eval_batch_size``;
 * ``train_flops_per_image`` / ``eval_flops_per_image`` from XLA's cost
   analysis of the compiled programs (a train step is forward, backward and
-  optimizer update), and the achieved ``train_flops_per_s``;
+  optimizer update), and the achieved ``train_flops_per_s``. These are the
+  model's FLOPs: a model that recomputes chunks in the backward pass
+  (conv_vit on CPU) is counted without the recomputation, from the same
+  step compiled unchunked, since XLA counts a loop body only once;
 * ``peak_rss_mib``: the process's peak resident host memory.
 
 ``--mode=pipeline`` times the real tf.data training input of the config
@@ -278,9 +281,22 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     current["state"], _ = train_compiled(current["state"], batch)
     jax.block_until_ready(current["state"])
 
-  train_step = CompiledStep(batch_size, lower_s, compile_s,
-                            _flops(train_compiled, mesh.size), train_once,
-                            train_compiled.as_text)
+  train_flops = _flops(train_compiled, mesh.size)
+  if getattr(model, "chunk_size", 0) != 0:
+    # XLA's cost analysis counts a loop body once: count the FLOPs of the
+    # same step without chunking (the model's FLOPs, without recomputation).
+    unchunked = model.clone(chunk_size=0)
+    flops_fn = jax.jit(
+        functools.partial(steps.train_step, model=unchunked, tx=tx,
+                          learning_rate_fn=learning_rate_fn,
+                          loss_spec=steps.LossSpec.from_config(config),
+                          parallel=config.parallel, mesh=mesh),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated))
+    train_flops = _flops(flops_fn.lower(current["state"], batch).compile(),
+                         mesh.size)
+  train_step = CompiledStep(batch_size, lower_s, compile_s, train_flops,
+                            train_once, train_compiled.as_text)
   eval_step = None
   if eval_batch_size:
     eval_fn = train.make_eval_fn(model, mesh, state_sharding, config)
