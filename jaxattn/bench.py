@@ -50,29 +50,34 @@ from typing import Any
 from absl import app, flags
 from ml_collections import config_flags
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Config file[:ARGS], e.g. configs/cifar10_convvit.py.",
-    lock_config=True)
-_MODE = flags.DEFINE_enum(
-    "mode", "train", ["train", "pipeline"],
-    "train: the train and eval steps on synthetic data; pipeline: the tf.data "
-    "training input alone, on the config's dataset.")
-_BATCH = flags.DEFINE_integer(
-    "batch", 0, "Global batch size; 0 for config.batch_size.")
-_EVAL_BATCH = flags.DEFINE_integer(
-    "eval_batch", 0, "Eval batch size; 0 for config.eval_batch_size.")
-_STEPS = flags.DEFINE_integer(
-    "steps", 20, "Timed steps (train mode) or batches (pipeline mode).")
-_EVAL_STEPS = flags.DEFINE_integer(
-    "eval_steps", 10, "Timed eval steps; 0 skips the eval step.")
-_WARMUP = flags.DEFINE_integer(
-    "warmup", 3, "Untimed steps (or batches) before timing.")
-_JSON = flags.DEFINE_string("json", "", "Also write the results to this file.")
-_PROFILE_DIR = flags.DEFINE_string(
-    "profile_dir", "", "Write a jax.profiler trace of a few extra train steps "
-    "here (open with TensorBoard's profile plugin or Perfetto).")
-_HLO_FILE = flags.DEFINE_string(
-    "hlo_file", "", "Write the compiled train step's optimized HLO here.")
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that importing this
+  module beside other absl programs (main.py, summary, tests) defines none."""
+  config_flags.DEFINE_config_file(
+      "config", None, "Config file[:ARGS], e.g. configs/cifar10_convvit.py.",
+      lock_config=True)
+  flags.DEFINE_enum(
+      "mode", "train", ["train", "pipeline"],
+      "train: the train and eval steps on synthetic data; pipeline: the tf.data "
+      "training input alone, on the config's dataset.")
+  flags.DEFINE_integer(
+      "batch", 0, "Global batch size; 0 for config.batch_size.")
+  flags.DEFINE_integer(
+      "eval_batch", 0, "Eval batch size; 0 for config.eval_batch_size.")
+  flags.DEFINE_integer(
+      "steps", 20, "Timed steps (train mode) or batches (pipeline mode).")
+  flags.DEFINE_integer(
+      "eval_steps", 10, "Timed eval steps; 0 skips the eval step.")
+  flags.DEFINE_integer(
+      "warmup", 3, "Untimed steps (or batches) before timing.")
+  flags.DEFINE_string("json", "", "Also write the results to this file.")
+  flags.DEFINE_string(
+      "profile_dir", "", "Write a jax.profiler trace of a few extra train steps "
+      "here (open with TensorBoard's profile plugin or Perfetto).")
+  flags.DEFINE_string(
+      "hlo_file", "", "Write the compiled train step's optimized HLO here.")
+
 
 # ----------------------------------------------------------------------------
 # Shared helpers.
@@ -103,7 +108,7 @@ def peak_rss_mib() -> float:
 def load_config_or_explain():
   """The --config value, or a usage error naming the configs that exist."""
   try:
-    config = _CONFIG.value
+    config = flags.FLAGS.config
     if config is not None:
       config.model.name  # pylint: disable=pointless-statement
   except (OSError, ValueError) as e:  # Missing file, bad ARGS or --config.KEY.
@@ -414,29 +419,29 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   config = load_config_or_explain()
-  for name, flag in (("--steps", _STEPS), ("--warmup", _WARMUP),
-                     ("--eval_steps", _EVAL_STEPS)):
-    if flag.value < (1 if name == "--steps" else 0):
-      raise app.UsageError(f"{name}={flag.value} is out of range.")
-  batch_size = _BATCH.value or config.batch_size
+  for name, minimum in (("steps", 1), ("warmup", 0), ("eval_steps", 0)):
+    if flags.FLAGS[name].value < minimum:
+      raise app.UsageError(
+          f"--{name}={flags.FLAGS[name].value} is out of range (>= {minimum}).")
+  batch_size = flags.FLAGS.batch or config.batch_size
   results = dict(command=" ".join(["python -m jaxattn.bench", *sys.argv[1:]]),
                  config=config_flags.get_config_filename(flags.FLAGS["config"]),
-                 mode=_MODE.value, **machine())
-  if _MODE.value == "train":
+                 mode=flags.FLAGS.mode, **machine())
+  if flags.FLAGS.mode == "train":
     results.update(bench_steps(
         config, batch_size=batch_size,
-        eval_batch_size=_EVAL_BATCH.value or config.eval_batch_size,
-        num_steps=_STEPS.value, num_eval_steps=_EVAL_STEPS.value,
-        warmup=_WARMUP.value, profile_dir=_PROFILE_DIR.value,
-        hlo_file=_HLO_FILE.value))
+        eval_batch_size=flags.FLAGS.eval_batch or config.eval_batch_size,
+        num_steps=flags.FLAGS.steps, num_eval_steps=flags.FLAGS.eval_steps,
+        warmup=flags.FLAGS.warmup, profile_dir=flags.FLAGS.profile_dir,
+        hlo_file=flags.FLAGS.hlo_file))
   else:
     results.update(bench_pipeline(config, batch_size=batch_size,
-                                  num_batches=_STEPS.value,
-                                  warmup=_WARMUP.value))
+                                  num_batches=flags.FLAGS.steps,
+                                  warmup=flags.FLAGS.warmup))
   results["peak_rss_mib"] = peak_rss_mib()
   _print(results)
-  if _JSON.value:
-    with open(_JSON.value, "w") as f:
+  if flags.FLAGS.json:
+    with open(flags.FLAGS.json, "w") as f:
       json.dump(results, f, indent=2)
       f.write("\n")
 
@@ -444,4 +449,5 @@ def main(argv):
 if __name__ == "__main__":
   import jax  # pylint: disable=g-import-not-at-top
   jax.config.config_with_absl()  # --jax_num_cpu_devices=2 etc.
+  define_flags()
   app.run(main)

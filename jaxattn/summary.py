@@ -18,14 +18,18 @@ import sys
 import jax
 import jax.numpy as jnp
 import ml_collections
-from absl import app
+from absl import app, flags
 from ml_collections import config_flags
 
 from jaxattn import optim, train
 from jaxattn.data import sources
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file[:ARGS].",
-                                          lock_config=True)
+
+def define_flags() -> None:
+  """The command's flags; defined only when it runs, so that importing this
+  module (the converter does) beside other absl programs defines none."""
+  config_flags.DEFINE_config_file("config", None, "Config file[:ARGS].",
+                                  lock_config=True)
 
 
 class _AssumedMetadata:
@@ -79,9 +83,10 @@ def parameter_table(config: ml_collections.ConfigDict
 
 def main(argv):
   del argv
-  if _CONFIG.value is None:
+  config = flags.FLAGS.config
+  if config is None:
     raise app.UsageError("--config=configs/NAME.py[:ARGS] is required.")
-  table, total, trainable = parameter_table(_CONFIG.value)
+  table, total, trainable = parameter_table(config)
   width = max(len("module"), *(len(m) for m, _, _ in table))
   print(f"{'module':<{width}}  {'params':>12}  {'trainable':>12}")
   for module, count, train_count in table:
@@ -91,4 +96,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
