@@ -60,10 +60,11 @@ def main(argv):
   if FLAGS.mode == "eval":
     evaluate.evaluate_checkpoint(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                  split=FLAGS.split, config=FLAGS.config)
-    return
-  if FLAGS.config is None:
+  elif FLAGS.config is None:
     raise app.UsageError("--config is required for training.")
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  distributed.shutdown()  # Finished (or preempted and saved): leave together.
 
 
 if __name__ == "__main__":

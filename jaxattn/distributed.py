@@ -103,6 +103,20 @@ def initialize(launch: Launch = Launch()) -> None:
                jax.local_device_count())
 
 
+def shutdown() -> None:
+  """Leaves the job cleanly once this process's work is done.
+
+  A barrier of all processes, then the coordination client (and, on process
+  0, the service) stop. Without it they are torn down during interpreter
+  exit in no particular order: process 0's service may vanish while a peer's
+  client still polls it, and that peer dies with SIGABRT at the very end of
+  a finished run. Only for success paths: after an error the peers may never
+  reach the barrier, and the heartbeats stop them instead.
+  """
+  if jax.process_count() > 1:
+    jax.distributed.shutdown()
+
+
 def is_chief() -> bool:
   return jax.process_index() == 0
 
