@@ -36,6 +36,21 @@ def repo_root() -> pathlib.Path:
   return REPO
 
 
+_ONCE: dict = {}
+
+
+def once_per_process(key: str, make):
+  """make()'s value, computed once per test process.
+
+  For the expensive training runs behind module fixtures: pytest-xdist
+  tears a module's fixtures down whenever a worker does not yet know its
+  next test, and would train them again for the module's later tests.
+  """
+  if key not in _ONCE:
+    _ONCE[key] = make()
+  return _ONCE[key]
+
+
 def run_main(*args: str, timeout: int = 600, check: bool = True,
              env_extra: dict | None = None):
   """Runs `python main.py ARGS` in a subprocess; returns CompletedProcess."""
@@ -48,6 +63,17 @@ def run_main(*args: str, timeout: int = 600, check: bool = True,
     raise AssertionError(f"main.py {' '.join(args)} failed "
                          f"({proc.returncode}):\n{proc.stderr[-6000:]}")
   return proc
+
+
+def config_from_file(spec: str):
+  """The config `--config=spec` gives (configs/NAME.py[:ARGS], from REPO)."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
+                                  lock_config=False)
+  values(["test", f"--config={REPO / spec}"])
+  return values.config
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,11 @@ from jaxattn import convert, pretrained, train  # noqa: E402
 from jaxattn.convert import __main__ as cli  # noqa: E402
 from jaxattn.models import create_model  # noqa: E402
 from jaxattn.torch_models import create_torch_model  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import REPO, once_per_process  # noqa: E402
+
+# One pytest-xdist worker runs the whole module: its tests share the trained
+# runs of the `trained` fixture.
+pytestmark = pytest.mark.xdist_group("convert")
 
 # Architecture -> its smoke config (configs/NAME.py:smoke).
 _RUNS = {
@@ -54,7 +58,7 @@ def _config(name, arg="smoke"):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
   """architecture -> workdir of its smoke config trained for two steps."""
-  runs = {}
+  runs = once_per_process("convert/trained", dict)
 
   def get(arch):
     if arch not in runs:

@@ -21,7 +21,10 @@ import pytest
 
 import jaxattn
 from jaxattn import checkpointing, distributed
-from tests.conftest import REPO, run_main
+from tests.conftest import REPO, once_per_process, run_main
+
+# One pytest-xdist worker runs the whole module: its tests share `reference`.
+pytestmark = pytest.mark.xdist_group("distributed")
 
 RUN_STEPS = 60
 # Validation only at the end, so that the checkpoints a test finds are the
@@ -59,10 +62,12 @@ def checkpoint_steps(workdir) -> list[int]:
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
   """One process, 4 devices, uninterrupted; a checkpoint every 10 steps."""
-  workdir = tmp_path_factory.mktemp("reference")
-  run_main(*ARGS, "--config.checkpoint_every_steps=10", f"--workdir={workdir}",
-           env_extra=devices_env(4))
-  return workdir
+  def make():
+    workdir = tmp_path_factory.mktemp("reference")
+    run_main(*ARGS, "--config.checkpoint_every_steps=10",
+             f"--workdir={workdir}", env_extra=devices_env(4))
+    return workdir
+  return once_per_process("distributed/reference", make)
 
 
 class LogWatcher:

@@ -16,6 +16,9 @@ from jaxattn import configlib, explain, plots
 from jaxattn.inference import InputError, Run
 from jaxattn.models import create_model
 
+# One pytest-xdist worker runs the whole module: its tests share `region_run`.
+pytestmark = pytest.mark.xdist_group("explain")
+
 
 def _run(model, images, *, name, **config_fields) -> Run:
   """A Run around a freshly initialised model (no workdir needed)."""

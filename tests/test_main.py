@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 import jaxattn
-from jaxattn import checkpointing
-from tests.conftest import REPO, run_main
+from jaxattn import checkpointing, train
+from tests.conftest import (REPO, config_from_file, once_per_process,
+                            run_main)
 
 CONFIGS = sorted(pathlib.Path(p).stem
                  for p in glob.glob(str(REPO / "configs" / "*.py")))
@@ -24,10 +25,7 @@ FAST_ENV = {"JAX_DISABLE_MOST_OPTIMIZATIONS": "0",
             "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-def test_smoke_variant_runs_through_main(name, tmp_path):
-  workdir = tmp_path / "w"
-  run_main(f"--config=configs/{name}.py:smoke", f"--workdir={workdir}")
+def _check_finished_run(workdir: pathlib.Path) -> None:
   results = json.loads((workdir / "results.json").read_text())
   assert results["final_step"] > 0
   assert os.listdir(workdir / checkpointing.LATEST_DIR)
@@ -35,13 +33,37 @@ def test_smoke_variant_runs_through_main(name, tmp_path):
   assert (workdir / checkpointing.CONFIG_FILE).exists()
 
 
+# quickstart's smoke run goes through main.py itself (`smoke_workdir` below).
+@pytest.mark.parametrize("name", [c for c in CONFIGS if c != "quickstart"])
+def test_smoke_variant_trains_and_evaluates(name, tmp_path):
+  """Every config's smoke variant, through the trainer main.py calls (in this
+  process: a main.py subprocess per config would spend ~10 s importing
+  TensorFlow and JAX)."""
+  workdir = tmp_path / "w"
+  train.train_and_evaluate(config_from_file(f"configs/{name}.py:smoke"),
+                           str(workdir))
+  _check_finished_run(workdir)
+
+
+# The tests of one smoke run stay on one pytest-xdist worker (--dist loadgroup).
+_SMOKE_WORKDIR_GROUP = pytest.mark.xdist_group("main_smoke_workdir")
+
+
 @pytest.fixture(scope="module")
 def smoke_workdir(tmp_path_factory):
-  workdir = tmp_path_factory.mktemp("quickstart_smoke")
-  run_main("--config=configs/quickstart.py:smoke", f"--workdir={workdir}")
-  return workdir
+  def make():
+    workdir = tmp_path_factory.mktemp("quickstart_smoke")
+    run_main("--config=configs/quickstart.py:smoke", f"--workdir={workdir}")
+    return workdir
+  return once_per_process("main/smoke_workdir", make)
 
 
+@_SMOKE_WORKDIR_GROUP
+def test_quickstart_smoke_variant_runs_through_main(smoke_workdir):
+  _check_finished_run(smoke_workdir)
+
+
+@_SMOKE_WORKDIR_GROUP
 def test_rerun_of_a_finished_run_does_nothing(smoke_workdir):
   before = sorted(os.listdir(smoke_workdir / checkpointing.LATEST_DIR))
   proc = run_main("--config=configs/quickstart.py:smoke",
@@ -50,6 +72,7 @@ def test_rerun_of_a_finished_run_does_nothing(smoke_workdir):
   assert sorted(os.listdir(smoke_workdir / checkpointing.LATEST_DIR)) == before
 
 
+@_SMOKE_WORKDIR_GROUP
 def test_eval_mode_writes_json(smoke_workdir):
   run_main("--mode=eval", f"--workdir={smoke_workdir}", "--checkpoint=latest",
            "--split=test[:101]")
@@ -61,6 +84,7 @@ def test_eval_mode_writes_json(smoke_workdir):
   assert proc.returncode != 0 and "No checkpoint at step 12345" in proc.stderr
 
 
+@_SMOKE_WORKDIR_GROUP
 def test_load_gives_the_evaluated_model(smoke_workdir):
   from jaxattn.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   model, variables, config = jaxattn.load(str(smoke_workdir))

@@ -16,7 +16,10 @@ from tensorboard.backend.event_processing import event_accumulator
 
 from jaxattn import checkpointing, evaluate, explain, inference, parallel, plots, predict, train
 from jaxattn.data import pipeline
-from tests.conftest import REPO
+from tests.conftest import REPO, once_per_process
+
+# One pytest-xdist worker runs the whole module: its tests share `workdir`.
+pytestmark = pytest.mark.xdist_group("predict")
 
 _DIGITS = 4  # Test-split digits written as PNG files.
 
@@ -33,9 +36,11 @@ def _load_config(arg="smoke"):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """The quickstart's smoke run (1 epoch, one ViT block), trained here."""
-  path = tmp_path_factory.mktemp("quickstart_smoke")
-  train.train_and_evaluate(_load_config(), str(path))
-  return path
+  def make():
+    path = tmp_path_factory.mktemp("quickstart_smoke")
+    train.train_and_evaluate(_load_config(), str(path))
+    return path
+  return once_per_process("predict/workdir", make)
 
 
 @pytest.fixture(scope="module")

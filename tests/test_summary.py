@@ -1,4 +1,10 @@
-"""python -m jaxattn.summary prints per-module counts and a final total line."""
+"""python -m jaxattn.summary prints per-module counts and a final total line.
+
+The counts are checked in this process through the function the command
+prints (`summary.parameter_table`, config files loaded as `--config` loads
+them); one test runs the command itself. A subprocess per config would
+spend ~10 s of each test importing TensorFlow and JAX again.
+"""
 
 import re
 import subprocess
@@ -6,7 +12,14 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO
+from jaxattn import summary as summary_lib
+from tests.conftest import REPO, config_from_file
+
+
+def counts(spec: str, **overrides) -> tuple[list, int, int]:
+  config = config_from_file(spec)
+  config.update(overrides)
+  return summary_lib.parameter_table(config)
 
 
 def summary(config: str, *flags: str) -> tuple[str, int, int]:
@@ -39,12 +52,23 @@ B8 = 86_576_872  # The frozen ViT-B/8 backbone of seed 000.
     ("configs/cars196_hybrid.py", B8 + 2_592_858, 2_592_858),
 ])
 def test_summary_counts(config, total, trainable):
-  out, got_total, got_trainable = summary(config)
+  table, got_total, got_trainable = counts(config)
   assert (got_total, got_trainable) == (total, trainable)
-  assert any("/" in line for line in out.splitlines()[1:-1])  # Submodules.
+  assert sum(row[1] for row in table) == total
+  assert any("/" in module for module, _, _ in table)  # Submodules.
 
 
 def test_summary_reports_frozen_parameters():
-  _, total, trainable = summary("configs/cifar10_convvit.py",
-                                "--config.frozen_params=embedding/.*")
+  _, total, trainable = counts("configs/cifar10_convvit.py",
+                               frozen_params="embedding/.*")
   assert total - trainable == 8_192 + 416  # Position map + patch conv.
+
+
+def test_command_prints_the_table_and_a_total_line():
+  out, total, trainable = summary("configs/mnist_se_cnn.py:smoke")
+  table, want_total, want_trainable = counts("configs/mnist_se_cnn.py:smoke")
+  assert (total, trainable) == (want_total, want_trainable)
+  lines = out.strip().splitlines()
+  assert lines[0].split() == ["module", "params", "trainable"]
+  assert len(lines) == len(table) + 2
+  assert any("/" in line for line in lines[1:-1])  # Submodules.
