@@ -65,17 +65,6 @@ def run_main(*args: str, timeout: int = 600, check: bool = True,
   return proc
 
 
-def config_from_file(spec: str):
-  """The config `--config=spec` gives (configs/NAME.py[:ARGS], from REPO)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file("config", None, "", flag_values=values,
-                                  lock_config=False)
-  values(["test", f"--config={REPO / spec}"])
-  return values.config
-
-
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory) -> pathlib.Path:
   """The shared CIFAR-10 training JPEGs, extracted once (skips if absent)."""

@@ -5,6 +5,7 @@ time cannot be imported into one process (a test run, a notebook, the
 converter importing ``jaxattn.summary``) without a DuplicateFlagError.
 """
 
+import json
 import pkgutil
 import subprocess
 import sys
@@ -24,15 +25,15 @@ def _all_modules() -> list[str]:
 
 def test_importing_every_module_defines_no_command_flags():
   # A fresh interpreter: this test process may already hold flags.
-  code = ("import importlib, sys\nfrom absl import flags\n"
+  code = ("import importlib, json\nfrom absl import flags\n"
           "before = set(flags.FLAGS)\n"
           f"for name in {_all_modules()!r}:\n"
           "  importlib.import_module(name)\n"
-          "print(sorted(set(flags.FLAGS) - before))\n")
+          "print(json.dumps(sorted(set(flags.FLAGS) - before)))\n")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  new_flags = eval(proc.stdout.strip().splitlines()[-1])  # pylint: disable=eval-used
+  new_flags = json.loads(proc.stdout.strip().splitlines()[-1])
   # JAX and TF register their own (jax_*, tf-internal); ours would be these.
   ours = {"config", "mode", "batch", "steps", "json", "images", "method",
           "out", "top_k", "checkpoint", "workdir"}

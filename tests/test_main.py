@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import jaxattn
-from jaxattn import checkpointing, train
-from tests.conftest import (REPO, config_from_file, once_per_process,
-                            run_main)
+from jaxattn import checkpointing, convert, train
+from tests.conftest import REPO, once_per_process, run_main
 
 CONFIGS = sorted(pathlib.Path(p).stem
                  for p in glob.glob(str(REPO / "configs" / "*.py")))
@@ -40,8 +39,8 @@ def test_smoke_variant_trains_and_evaluates(name, tmp_path):
   process: a main.py subprocess per config would spend ~10 s importing
   TensorFlow and JAX)."""
   workdir = tmp_path / "w"
-  train.train_and_evaluate(config_from_file(f"configs/{name}.py:smoke"),
-                           str(workdir))
+  config = convert.load_config_file(f"{REPO}/configs/{name}.py:smoke")
+  train.train_and_evaluate(config, str(workdir))
   _check_finished_run(workdir)
 
 

@@ -12,13 +12,14 @@ import sys
 
 import pytest
 
+from jaxattn import convert
 from jaxattn import summary as summary_lib
-from tests.conftest import REPO, config_from_file
+from tests.conftest import REPO
 
 
-def counts(spec: str, **overrides) -> tuple[list, int, int]:
-  config = config_from_file(spec)
-  config.update(overrides)
+def counts(spec: str, **overrides: str) -> tuple[list, int, int]:
+  """The table of `--config=spec --config.KEY=VALUE ...`, in this process."""
+  config = convert.load_config_file(str(REPO / spec), overrides)
   return summary_lib.parameter_table(config)
 
 
