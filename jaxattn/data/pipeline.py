@@ -4,8 +4,11 @@ Training order and augmentation are pure functions of ``(config.seed, step)``:
 
 * every epoch shuffles this process's share of the split with its own seed
   (``seed``, ``epoch``) and contributes exactly ``steps_per_epoch`` batches;
-* every example's augmentation draws from a stateless seed made of the data
-  seed and the example's position in the stream.
+* every batch's augmentation parameters are drawn, for all its rows at
+  once, from a stateless seed made of the data seed and the batch's step
+  (with several processes in global order, the global batch's step: each
+  process keeps its rows of the draws); the pixels are then augmented a
+  whole batch at a time.
 
 So a run resumed at step ``s`` rebuilds the stream at epoch
 ``s // steps_per_epoch`` and skips ``s % steps_per_epoch`` batches, and sees
@@ -76,43 +79,140 @@ def preprocess_for_eval(image: tf.Tensor,
                          [*size, image.shape[-1]])
 
 
-def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
-                         config: ml_collections.ConfigDict) -> tf.Tensor:
-  """The train-time augmentations, in torchvision's usual order.
+def _static_hw(image: tf.Tensor) -> tuple[int, int] | None:
+  height, width = image.shape[0], image.shape[1]
+  return None if height is None or width is None else (height, width)
 
-  RandomResizedCrop -> flip -> RandAugment -> ColorJitter (these on uint8
-  images with PIL's semantics, as torchvision applies them to PIL images) ->
-  [0, 1] floats -> normalisation -> RandomErasing (on the normalised tensor,
-  as in torchvision pipelines). Each stage is off unless its config key asks
-  for it; with none on, this is exactly `preprocess_for_eval` (which the
-  backbone feature cache relies on).
+
+def _resize_unless_cropped(image: tf.Tensor,
+                     config: ml_collections.ConfigDict) -> tf.Tensor:
+  """One example resized to ``config.image_size``, unless a crop will.
+
+  Without RandomResizedCrop an image of another size is resized (float32
+  in 0..255, exactly as in evaluation); that needs no random draw, so it can
+  run before the batch exists.
+  """
+  size = tuple(config.image_size)
+  if not config.augment.random_resized_crop and _static_hw(image) != size:
+    image = _resize(image, size)
+  return image
+
+
+def _jitter_args(aug: ml_collections.ConfigDict) -> dict[str, float]:
+  brightness, contrast, saturation = aug.color_jitter
+  return dict(brightness=brightness, contrast=contrast, saturation=saturation)
+
+
+def sample_train_augmentation(seed: tf.Tensor, num: int | tf.Tensor, height,
+                              width, config: ml_collections.ConfigDict
+                              ) -> dict[str, tf.Tensor]:
+  """The random parameters of ``num`` images' augmentations, from one seed.
+
+  ``height``/``width`` are the images' sizes before cropping (scalars or
+  [num]). Each value has leading dimension ``num``; only enabled stages
+  have an entry. A row's parameters depend on the seed and the row alone.
   """
   aug = config.augment
   size = tuple(config.image_size)
   crop_seed, flip_seed, ra_seed, jitter_seed, erase_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=5))
-  if aug.random_resized_crop:  # uint8 in, uint8 out (Pillow's resampling).
-    image = augment.random_resized_crop(
-        image, crop_seed, size=size, scale=tuple(aug.crop_scale),
+  params = {}
+  if aug.random_resized_crop:
+    params["crop"] = augment.sample_crop(
+        crop_seed, num, height, width, scale=tuple(aug.crop_scale),
         ratio=tuple(aug.crop_ratio))
-  else:  # float32 in 0..255, exactly as in evaluation.
-    image = _resize(image, size)
   if aug.flip:
-    image = augment.random_horizontal_flip(image, flip_seed)
-  brightness, contrast, saturation = aug.color_jitter
-  if aug.rand_augment_ops or brightness or contrast or saturation:
-    image = _to_uint8(image)  # These ops follow PIL on uint8 images.
-    if aug.rand_augment_ops:
-      image = augment.rand_augment(image, ra_seed,
-                                   num_ops=aug.rand_augment_ops,
-                                   magnitude=aug.rand_augment_magnitude)
-    if brightness or contrast or saturation:
-      image = augment.color_jitter(image, jitter_seed, brightness=brightness,
-                                   contrast=contrast, saturation=saturation)
-  image = _normalize(tf.cast(image, tf.float32) / 255.0, config)
+    params["flip"] = augment.sample_flip(flip_seed, num)
+  if aug.rand_augment_ops:
+    params["ra_ops"], params["ra_negate"] = augment.sample_rand_augment(
+        ra_seed, num, aug.rand_augment_ops)
+  if any(aug.color_jitter):
+    params["jitter_order"], params["jitter_factors"] = (
+        augment.sample_color_jitter(jitter_seed, num, **_jitter_args(aug)))
   if aug.random_erasing:
-    image = augment.random_erasing(image, erase_seed, p=aug.random_erasing)
-  return tf.ensure_shape(image, [*size, image.shape[-1]])
+    params["erase"] = augment.sample_erasing(erase_seed, num, *size,
+                                             p=aug.random_erasing)
+  return params
+
+
+# Above this many canvas pixels per output pixel, a padded batch is cropped
+# image by image: the batched crop reads the whole canvas, a single crop only
+# its box.
+_MAX_CANVAS_PER_OUTPUT_PIXEL = 4
+
+
+def _crop_batch(images: tf.Tensor, boxes: tf.Tensor, image_sizes,
+                size: tuple[int, int]) -> tf.Tensor:
+  """RandomResizedCrop's pixels for a batch, possibly padded to its largest image.
+
+  Small canvases are cropped as one batch; large ones (a source of large
+  images of mixed sizes) image by image. Both give the same bits.
+  """
+  if image_sizes is None:
+    return augment.resized_crop_batch(images, boxes, size)
+  shape = tf.shape(images)
+  canvas = tf.cast(shape[1] * shape[2], tf.float64)
+
+  def one_by_one():
+    return tf.map_fn(
+        lambda args: augment.resized_crop(*args, size), (images, boxes),
+        fn_output_signature=tf.TensorSpec([*size, images.shape[-1]],
+                                          images.dtype))
+
+  return tf.cond(
+      canvas <= _MAX_CANVAS_PER_OUTPUT_PIXEL * size[0] * size[1],
+      lambda: augment.resized_crop_batch(images, boxes, size), one_by_one)
+
+
+def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
+                        config: ml_collections.ConfigDict, *,
+                        image_sizes: tf.Tensor | None = None) -> tf.Tensor:
+  """The train-time augmentations of a batch, in torchvision's usual order.
+
+  RandomResizedCrop -> flip -> RandAugment -> ColorJitter (these on uint8
+  images with PIL's semantics, as torchvision applies them to PIL images) ->
+  [0, 1] floats -> normalisation -> RandomErasing (on the normalised tensor,
+  as in torchvision pipelines), each with the per-image parameters of
+  `sample_train_augmentation`. ``images`` is [B, H, W, C]; a batch of images
+  of mixed sizes, padded to the largest, is cropped with its int32 [B, 2]
+  ``image_sizes`` given (only a crop can make such a batch uniform). Each
+  stage is off unless
+  its config key asks for it; with none on, this is exactly
+  `preprocess_for_eval` (which the backbone feature cache relies on).
+  """
+  aug = config.augment
+  size = tuple(config.image_size)
+  if "crop" in params:  # uint8 in, uint8 out (Pillow's resampling).
+    images = _crop_batch(images, params["crop"], image_sizes, size)
+  if "flip" in params:
+    images = augment.flip_batch(images, params["flip"])
+  if "ra_ops" in params or "jitter_order" in params:
+    images = _to_uint8(images)  # These ops follow PIL on uint8 images.
+    if "ra_ops" in params:
+      images = augment.rand_augment_batch(
+          images, params["ra_ops"], params["ra_negate"],
+          magnitude=aug.rand_augment_magnitude)
+    if "jitter_order" in params:
+      images = augment.color_jitter_batch(
+          images, params["jitter_order"], params["jitter_factors"],
+          **_jitter_args(aug))
+  images = _normalize(tf.cast(images, tf.float32) / 255.0, config)
+  if "erase" in params:
+    images = augment.erasing_batch(images, params["erase"])
+  return tf.ensure_shape(images, [None, *size, images.shape[-1]])
+
+
+def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
+                         config: ml_collections.ConfigDict) -> tf.Tensor:
+  """One image's train-time augmentation: a batch of one drawn from ``seed``.
+
+  The training pipeline draws a whole batch from one seed instead (see
+  `create_train_dataset`); the parameters of its first row are these.
+  """
+  image = _resize_unless_cropped(image, config)
+  shape = tf.shape(image)
+  params = sample_train_augmentation(seed, 1, shape[0], shape[1], config)
+  return augment_train_batch(image[None], params, config)[0]
 
 
 def _options() -> tf.data.Options:
@@ -150,6 +250,17 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
     base = source.read(config.train_split, process_index=shard.process_index,
                        process_count=shard.process_count)
     rows_per_epoch = steps_per_epoch * local_batch
+  # Images of mixed sizes until they are cropped are padded to the largest
+  # of their batch and keep their true sizes (the crop never reads padding).
+  # The sizes are taken once, before the cache, where the images are decoded.
+  decode_later = global_order and not config.cache
+  decoded = base.map(source.decode) if decode_later else base  # (For specs.)
+  mixed_sizes = (not holds_features and config.augment.random_resized_crop
+                 and _static_hw(decoded.element_spec["image"]) is None)
+  with_sizes = lambda example: {**example,
+                                "image_size": tf.shape(example["image"])[:2]}
+  if mixed_sizes and not decode_later:
+    base = base.map(with_sizes, num_parallel_calls=tf.data.AUTOTUNE)
   if config.cache:
     base = base.cache()
   buffer = max(1, min(config.shuffle_buffer,
@@ -163,32 +274,74 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
 
   start_epoch, offset = divmod(start_step, steps_per_epoch)
   ds = tf.data.Dataset.range(start_epoch, num_epochs).flat_map(one_epoch)
-  # Positions count from the start of training, so an example's augmentation
-  # seed does not depend on where the run was resumed.
-  ds = ds.enumerate(start=start_epoch * rows_per_epoch)
   if global_order:
-    ds = ds.skip(offset * global_batch)
+    ds = ds.skip(offset * global_batch).enumerate()
     ds = ds.filter(lambda position, _: (position % global_batch) // local_batch
                    == shard.process_index)
+    ds = ds.map(lambda _, example: example)
     if not config.cache:
-      ds = ds.map(lambda position, example: (position, source.decode(example)),
-                  num_parallel_calls=tf.data.AUTOTUNE)
+      decode = source.decode
+      if mixed_sizes:
+        decode = lambda example: with_sizes(source.decode(example))
+      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
   else:
     ds = ds.skip(offset * local_batch)
+  if holds_features:  # Cached backbone outputs: nothing to preprocess.
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
-  def preprocess(position, example):
-    if holds_features:  # Cached backbone outputs: nothing to preprocess.
-      return example
-    if global_order:
-      unique = position
+  size = tuple(config.image_size)
+  if mixed_sizes:
+    ds = ds.padded_batch(local_batch, drop_remainder=True)
+  else:
+    if (not config.augment.random_resized_crop and
+        _static_hw(ds.element_spec["image"]) != size):
+      ds = ds.map(lambda example: {**example, "image": _resize_unless_cropped(
+          example["image"], config)}, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+  # One seed per batch draws the parameters of all its rows at once, and
+  # every pixel stage runs on the whole batch: per example, a tf.data map
+  # spends more on dispatching its dozens of small ops than on the pixels.
+  # The seed is the data seed and the batch's step, counted from the start
+  # of training, so a resumed run draws what an uninterrupted one did. With
+  # several processes in global order it is the global batch's, and each
+  # process keeps its rows of the draws: every example gets the augmentation
+  # of a single-process run.
+  if global_order:
+    draws_per_batch = global_batch
+    first_row = shard.process_index * local_batch
+    batch_id = lambda step: step
+  else:
+    draws_per_batch, first_row = local_batch, 0
+    batch_id = lambda step: step * shard.process_count + shard.process_index
+
+  def augment_batch(step, batch):
+    images = batch["image"]
+    image_sizes = batch.get("image_size")
+    heights = tf.ones([draws_per_batch], tf.int32)
+    widths = tf.ones([draws_per_batch], tf.int32)
+    # Only this process's rows' sizes are known (1 x 1 stands in for the
+    # others); a row's draws do not depend on the other rows.
+    rows = tf.range(first_row, first_row + local_batch)[:, None]
+    if image_sizes is None:  # One size for the whole batch.
+      own_heights = tf.fill([local_batch], tf.shape(images)[1])
+      own_widths = tf.fill([local_batch], tf.shape(images)[2])
     else:
-      unique = position * shard.process_count + shard.process_index
-    seed = tf.stack([tf.constant(data_seed, tf.int64), unique])
-    return {"image": preprocess_for_train(example["image"], seed, config),
-            "label": example["label"]}
+      own_heights, own_widths = tf.unstack(image_sizes, 2, axis=1)
+    heights = tf.tensor_scatter_nd_update(heights, rows, own_heights)
+    widths = tf.tensor_scatter_nd_update(widths, rows, own_widths)
+    seed = tf.stack([tf.constant(data_seed, tf.int64), batch_id(step)])
+    params = sample_train_augmentation(seed, draws_per_batch, heights, widths,
+                                       config)
+    params = {key: value[first_row:first_row + local_batch]
+              for key, value in params.items()}
+    return {"image": augment_train_batch(images, params, config,
+                                         image_sizes=image_sizes),
+            "label": batch["label"]}
 
-  ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-  ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.enumerate(start=start_step)  # Batch b of the stream is step b.
+  ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 

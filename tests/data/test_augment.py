@@ -160,8 +160,9 @@ def test_rrc_fallback_is_central_crop_clamped_to_ratio():
 
 
 def test_rrc_area_and_ratio_follow_the_sampler():
-  h, w, _ = A._sample_boxes(_seed(3), 320, 320, (0.08, 1.0), (0.75, 4 / 3),
-                            height_first=False)
+  h, w, _ = A._sample_boxes(_seed(3), 50, 320, 320, (0.08, 1.0),
+                            (0.75, 4 / 3), height_first=False)
+  assert h.shape == w.shape == (50, 10)
   area = (h * w).numpy() / (320 * 320)
   ratio = (w / h).numpy()
   assert np.all(area > 0.07) and np.all(area < 1.01)
@@ -264,7 +265,7 @@ def test_equalize_uses_full_range_on_low_contrast_image():
     assert np.all(np.diff(out[..., c].ravel()[order].astype(int)) >= 0)
   # A constant channel is left unchanged.
   flat = np.full((8, 8, 1), 77, np.uint8)
-  np.testing.assert_array_equal(A._equalize(flat).numpy(), flat)
+  np.testing.assert_array_equal(A._equalize(flat[None])[0].numpy(), flat)
 
 
 def test_autocontrast_stretches_each_channel():
@@ -274,19 +275,20 @@ def test_autocontrast_stretches_each_channel():
 
 
 def test_geometric_ops_conventions():
+  # The primitives work on batches [B, H, W, C]; here a batch of one.
   img = _rand_u8((12, 12, 3), seed=14, lo=1)  # no zeros: fill is visible
   # Rotate by 90 degrees is counter-clockwise (PIL / torchvision).
-  np.testing.assert_array_equal(A._rotate(img, 90.0).numpy(), np.rot90(img))
-  np.testing.assert_array_equal(A._rotate(img, 0.0).numpy(), img)
+  np.testing.assert_array_equal(A._rotate(img[None], 90.0)[0].numpy(), np.rot90(img))
+  np.testing.assert_array_equal(A._rotate(img[None], 0.0)[0].numpy(), img)
   # TranslateX: int(150/331*12 * 8/30) = 1 pixel; +: content moves right.
   right = A._apply_op(img, _OPS["TranslateX"], 8, False).numpy()
   np.testing.assert_array_equal(right[:, 1:], img[:, :-1])
   assert np.all(right[:, 0] == 0)
-  down = A._translate(img, 0.0, -3.9, fill=7).numpy()  # int(-3.9) = -3: up
+  down = A._translate(img[None], 0.0, -3.9, fill=7)[0].numpy()  # int(-3.9) = -3: up
   np.testing.assert_array_equal(down[:-3], img[3:])
   assert np.all(down[-3:] == 7)
   # ShearX about the top-left corner: row 0 barely moves, lower rows shift.
-  sheared = A._shear_x(img, 0.3).numpy()
+  sheared = A._shear_x(img[None], 0.3)[0].numpy()
   np.testing.assert_array_equal(sheared[0, :-1], img[0, :-1])
   assert not np.array_equal(sheared[-1], img[-1])
 
@@ -532,3 +534,90 @@ def test_pipeline_in_tf_data_is_deterministic_and_matches_eager():
     eager = _recipe(tf.constant(k, tf.int64), tf.constant(images[k])).numpy()
     np.testing.assert_allclose(eager, serial[k], atol=1e-6)
   assert serial.dtype == np.float32 and serial.shape == (48, 32, 32, 3)
+
+
+# ----------------------------------------------------------------------------
+# Batch form: draws for many images at once, pixels a batch at a time.
+# ----------------------------------------------------------------------------
+
+
+def _batch_draws(seed, num, height=32, width=32):
+  """Every sampler's draws for ``num`` images, as a flat dict of arrays."""
+  ops, negate = A.sample_rand_augment(seed, num, 2)
+  order, factors = A.sample_color_jitter(seed, num, hue=0.1)
+  return {
+      "crop": A.sample_crop(seed, num, height, width),
+      "flip": A.sample_flip(seed, num),
+      "ra_ops": ops, "ra_negate": negate,
+      "jitter_order": order, "jitter_factors": factors,
+      "erase": A.sample_erasing(seed, num, height, width, p=0.5),
+      "noise": A.erasing_noise(seed, [num, height, width, 3]),
+  }
+
+
+def test_row_zero_of_a_batch_draw_is_the_single_image_draw():
+  # The per-image functions draw num=1; the pipeline draws a whole batch
+  # from one seed. Row 0 must be the same draw (the Pillow checks of the
+  # per-image functions then cover the batch samplers).
+  one = _batch_draws(_seed(21), 1)
+  many = _batch_draws(_seed(21), 9)
+  for name in one:
+    assert many[name].shape[0] == 9
+    np.testing.assert_array_equal(many[name][:1].numpy(), one[name].numpy(),
+                                  err_msg=name)
+  # The rows are different draws.
+  assert len({tuple(box) for box in many["crop"].numpy()}) > 1
+
+
+def test_batch_ops_equal_the_per_image_ops_row_by_row():
+  n = 24
+  images = _rand_u8((n, 32, 32, 3), seed=22)
+  images[3] = 90  # flat: Equalize/AutoContrast leave it, Contrast's mean
+  draws = _batch_draws(_seed(23), n)
+  # Every RandAugment op occurs in the batch at least once.
+  ops = np.arange(n) % len(A.RAND_AUGMENT_OPS)
+  negate = draws["ra_negate"][:, 0]
+  crops = A.resized_crop_batch(images, draws["crop"], (24, 28)).numpy()
+  flips = A.flip_batch(images, draws["flip"]).numpy()
+  op_out = A.apply_op_batch(images, tf.constant(ops, tf.int32), 8,
+                            negate).numpy()
+  jitter = dict(brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+  jittered = A.color_jitter_batch(images, draws["jitter_order"],
+                                  draws["jitter_factors"], **jitter).numpy()
+  floats = A.to_float01(images)
+  erased = A.erasing_batch(floats, draws["erase"], "random",
+                           draws["noise"]).numpy()
+  assert (draws["erase"].numpy()[:, 2] > 0).any()
+  for b in range(n):
+    np.testing.assert_array_equal(
+        crops[b], A.resized_crop(images[b], draws["crop"][b], (24, 28)))
+    np.testing.assert_array_equal(
+        flips[b], images[b, :, ::-1] if draws["flip"][b] else images[b])
+    np.testing.assert_array_equal(
+        op_out[b], A._apply_op(images[b], int(ops[b]), 8, negate[b]),
+        err_msg=A.RAND_AUGMENT_OPS[ops[b]])
+    np.testing.assert_array_equal(
+        jittered[b], A.color_jitter_batch(
+            images[b:b + 1], draws["jitter_order"][b:b + 1],
+            draws["jitter_factors"][b:b + 1], **jitter)[0])
+    np.testing.assert_array_equal(
+        erased[b], A.erasing_batch(floats[b:b + 1], draws["erase"][b:b + 1],
+                                   "random", draws["noise"][b:b + 1])[0])
+
+
+def test_a_padded_batch_of_mixed_sizes_crops_each_image_exactly():
+  sizes = [(32, 32), (19, 40), (45, 23), (8, 8)]
+  canvas = np.zeros((len(sizes), 45, 40, 3), np.uint8)
+  images = []
+  for b, (h, w) in enumerate(sizes):
+    images.append(_rand_u8((h, w, 3), seed=30 + b))
+    canvas[b] = 255  # Padding that must never be read.
+    canvas[b, :h, :w] = images[-1]
+  heights, widths = zip(*sizes)
+  boxes = A.sample_crop(_seed(31), len(sizes), tf.constant(heights),
+                        tf.constant(widths), scale=(0.3, 1.0))
+  out = A.resized_crop_batch(canvas, boxes, (16, 16)).numpy()
+  for b, image in enumerate(images):
+    box = boxes[b].numpy()
+    assert box[0] + box[2] <= sizes[b][0] and box[1] + box[3] <= sizes[b][1]
+    np.testing.assert_array_equal(out[b], A.resized_crop(image, box, (16, 16)))

@@ -124,3 +124,41 @@ def test_eval_preprocessing_normalises_and_resizes():
   images = _batches(ds)[0]["image"]
   assert images.shape == (4, 16, 16, 1) and images.dtype == np.float32
   assert images.min() >= -2.0 - 1e-6 and images.max() <= 2.0 + 1e-6
+
+
+@pytest.mark.parametrize("image_size", [(8, 8), (24, 24)])
+def test_images_of_mixed_sizes_are_cropped_as_one_by_one(tmp_path, image_size):
+  """A source without a static image size is batched padded to the largest
+  image; each row must be its own image's augmentation, whether the padded
+  canvas is cropped as one batch (24 x 24 output) or image by image (8 x 8:
+  the canvas is too large for the batched crop)."""
+  import tensorflow as tf
+
+  rng = np.random.default_rng(0)
+  for k in range(12):
+    h, w = int(rng.integers(5, 41)), int(rng.integers(5, 31))
+    folder = tmp_path / "train" / ("ab"[k % 2])
+    folder.mkdir(parents=True, exist_ok=True)
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    (folder / f"{k}.png").write_bytes(tf.io.encode_png(image).numpy())
+  src = sources.get_source(f"folder:{tmp_path}")
+  c = _config(train_split="train", shuffle_buffer=1)  # Source order.
+  c.augment = recipes.seed004_conv_vit().augment
+  c.augment.crop_scale = (0.08, 1.0)
+  c.image_size = image_size
+  shard = pipeline.ProcessShard(0, 1, 6)
+  batches = _batches(pipeline.create_train_dataset(
+      src, c, shard=shard, steps_per_epoch=2, num_epochs=1))
+  examples = list(src.read("train").as_numpy_iterator())
+  for step, batch in enumerate(batches):
+    rows = examples[6 * step:6 * step + 6]
+    assert batch["image"].shape == (6, *image_size, 3)
+    seed = tf.constant([c.seed, step], tf.int64)
+    params = pipeline.sample_train_augmentation(
+        seed, 6, [r["image"].shape[0] for r in rows],
+        [r["image"].shape[1] for r in rows], c)
+    for b, row in enumerate(rows):
+      expected = pipeline.augment_train_batch(
+          row["image"][None], {k: v[b:b + 1] for k, v in params.items()}, c)
+      np.testing.assert_array_equal(batch["image"][b], expected[0])
+      assert batch["label"][b] == row["label"]
