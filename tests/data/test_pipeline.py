@@ -135,7 +135,7 @@ def test_images_of_mixed_sizes_are_cropped_as_one_by_one(tmp_path, image_size):
   import tensorflow as tf
 
   rng = np.random.default_rng(0)
-  for k in range(12):
+  for k in range(8):
     h, w = int(rng.integers(5, 41)), int(rng.integers(5, 31))
     folder = tmp_path / "train" / ("ab"[k % 2])
     folder.mkdir(parents=True, exist_ok=True)
@@ -146,16 +146,17 @@ def test_images_of_mixed_sizes_are_cropped_as_one_by_one(tmp_path, image_size):
   c.augment = recipes.seed004_conv_vit().augment
   c.augment.crop_scale = (0.08, 1.0)
   c.image_size = image_size
-  shard = pipeline.ProcessShard(0, 1, 6)
+  shard = pipeline.ProcessShard(0, 1, 4)
   batches = _batches(pipeline.create_train_dataset(
       src, c, shard=shard, steps_per_epoch=2, num_epochs=1))
+  assert len(batches) == 2
   examples = list(src.read("train").as_numpy_iterator())
   for step, batch in enumerate(batches):
-    rows = examples[6 * step:6 * step + 6]
-    assert batch["image"].shape == (6, *image_size, 3)
+    rows = examples[4 * step:4 * step + 4]
+    assert batch["image"].shape == (4, *image_size, 3)
     seed = tf.constant([c.seed, step], tf.int64)
     params = pipeline.sample_train_augmentation(
-        seed, 6, [r["image"].shape[0] for r in rows],
+        seed, 4, [r["image"].shape[0] for r in rows],
         [r["image"].shape[1] for r in rows], c)
     for b, row in enumerate(rows):
       expected = pipeline.augment_train_batch(
