@@ -12,6 +12,10 @@ process: on SLURM or Open MPI it finds its peers itself; elsewhere pass
 sbatch, JobSet and local launchers). SIGTERM saves a checkpoint and exits 0;
 the next start resumes.
 
+On a CPU-only host every core becomes a JAX device (data parallel over the
+cores, as over GPUs); --jax_num_cpu_devices=N or JAXATTN_CPU_DEFAULTS=0
+overrides that (jaxattn/cpu_defaults.py).
+
 Rerunning a training command on the same workdir resumes it; a finished run
 is not trained again.
 """
@@ -49,8 +53,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and TF hides GPUs before use.
-  from jaxattn import distributed, evaluate, train  # pylint: disable=g-import-not-at-top
+  from jaxattn import cpu_defaults, distributed, evaluate, train  # pylint: disable=g-import-not-at-top
 
+  cpu_defaults.configure()  # CPU-only host: a JAX device per core.
   distributed.initialize(distributed.Launch(
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,

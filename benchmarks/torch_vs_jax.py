@@ -2,7 +2,7 @@ r"""JAX train step vs the same model's plain-PyTorch train step, same run.
 
   python benchmarks/torch_vs_jax.py [--cases=conv_vit,vit,se_cnn,slresnet50,hybrid_head]
       [--steps=10] [--rounds=3] [--compile_timeout=900] [--no_compile]
-      [--jax_cpu_devices=2] [--json=FILE]
+      [--jax_cpu_devices=N] [--json=FILE]
 
 For each case (a config plus overrides, see ``CASES``), in one process:
 
@@ -286,9 +286,9 @@ def main(argv=None) -> int:
   parser.add_argument("--compile_timeout", type=int, default=900,
                       help="Seconds allowed for torch.compile's first step.")
   parser.add_argument("--jax_cpu_devices", type=int, default=0,
-                      help="Split JAX's CPU into this many devices (data "
-                      "parallel over the cores, see benchmarks/README.md); "
-                      "0 keeps JAX's default of one.")
+                      help="Split JAX's CPU into this many devices; 0: the "
+                      "project's CPU default, as main.py (one per core, "
+                      "jaxattn/cpu_defaults.py).")
   parser.add_argument("--json", default="", help="Write all results here.")
   args = parser.parse_args(argv)
   names = [n.strip() for n in args.cases.split(",") if n.strip()]
@@ -297,12 +297,17 @@ def main(argv=None) -> int:
     parser.error(f"Unknown case(s) {unknown}; known: {', '.join(CASES)}.")
 
   import jax  # pylint: disable=g-import-not-at-top
+  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
   if args.jax_cpu_devices:  # Before JAX starts its CPU backend.
     jax.config.update("jax_num_cpu_devices", args.jax_cpu_devices)
+  cpu_defaults.configure()  # What main.py runs with (yields to the above).
   import torch  # pylint: disable=g-import-not-at-top
   from jaxattn import bench  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count() or 1)
-  header = dict(bench.machine(), torch_version=torch.__version__,
+  header = dict(bench.machine(),
+                host_matmul_flops_per_s_float32=bench.matmul_peak("float32"),
+                host_matmul_flops_per_s_bfloat16=bench.matmul_peak("bfloat16"),
+                torch_version=torch.__version__,
                 torch_threads=torch.get_num_threads(),
                 command=" ".join(["python", *sys.argv]))
   print(json.dumps(header), flush=True)

@@ -21,6 +21,11 @@ backbone logits for seed 000's feature-cached head), and reports:
   model's FLOPs: a model that recomputes chunks in the backward pass
   (conv_vit on CPU) is counted without the recomputation, from the same
   step compiled unchunked, since XLA counts a loop body only once;
+* ``host_matmul_flops_per_s_{float32,bfloat16}``: the host's measured matmul
+  peak (one 2048^3 matmul per device at once, best of 5), and
+  ``train_fraction_of_matmul_peak``: the step's achieved FLOP/s over the peak
+  of its compute dtype, i.e. how much of what the machine can do it uses
+  (``--nopeak`` skips this);
 * ``peak_rss_mib``: the process's peak resident host memory.
 
 ``--mode=pipeline`` times the real tf.data training input of the config
@@ -77,6 +82,11 @@ def define_flags() -> None:
       "here (open with TensorBoard's profile plugin or Perfetto).")
   flags.DEFINE_string(
       "hlo_file", "", "Write the compiled train step's optimized HLO here.")
+  flags.DEFINE_bool(
+      "peak", True, "Train mode: also measure the host's fp32 and bf16 matmul "
+      "peak (a few seconds) and report the step's FLOP/s as a fraction of it.")
+  flags.DEFINE_integer("peak_size", 2048, "Side of the square matmuls that "
+                       "measure the peak.")
 
 
 # ----------------------------------------------------------------------------
@@ -153,6 +163,33 @@ def example_shape(config) -> tuple[int, ...]:
   if feeds_backbone_logits(config):  # The frozen ViT-B/8's ImageNet logits.
     return (IMAGENET_CLASSES,)
   return train.image_shape(config)
+
+
+def matmul_peak(dtype: str = "float32", size: int = 2048,
+                repeats: int = 5) -> float:
+  """The host's measured matmul FLOP/s in ``dtype``: the physical limit.
+
+  One ``size``^3 matmul per local device, all at once (each CPU device is a
+  core under the CPU defaults), best of ``repeats`` after a warm-up; the
+  figure that a step's achieved FLOP/s is a fraction of.
+  """
+  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  # pylint: enable=g-import-not-at-top
+  matmul = jax.jit(lambda a, b: jnp.matmul(a, b,
+                                           preferred_element_type=jnp.float32))
+  rng = np.random.default_rng(0)
+  a = rng.standard_normal((size, size)).astype(np.float32)
+  operands = [(jax.device_put(jnp.asarray(a, dtype), d),
+               jax.device_put(jnp.asarray(a.T, dtype), d))
+              for d in jax.local_devices()]
+  def run_all():
+    jax.block_until_ready([matmul(x, y) for x, y in operands])
+  run_all()
+  best = min(time_calls(run_all, repeats))
+  return 2.0 * size**3 * len(operands) / best
 
 
 def _median_and_best(seconds: list[float]) -> tuple[float, float]:
@@ -404,6 +441,17 @@ def bench_pipeline(config, *, batch_size: int, num_batches: int,
       steps_per_epoch=steps_per_epoch)
 
 
+def host_peaks(achieved_flops_per_s: float, compute_dtype: str,
+               size: int = 2048) -> dict[str, float]:
+  """The host's fp32 and bf16 matmul peaks, and the step's share of its own."""
+  peaks = {dtype: matmul_peak(dtype, size)
+           for dtype in ("float32", "bfloat16")}
+  peak = peaks.get(compute_dtype, peaks["float32"])
+  return dict(host_matmul_flops_per_s_float32=peaks["float32"],
+              host_matmul_flops_per_s_bfloat16=peaks["bfloat16"],
+              train_fraction_of_matmul_peak=achieved_flops_per_s / peak)
+
+
 # ----------------------------------------------------------------------------
 # Command line.
 # ----------------------------------------------------------------------------
@@ -418,6 +466,8 @@ def _print(results: dict[str, Any]) -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
+  cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
   config = load_config_or_explain()
   for name, minimum in (("steps", 1), ("warmup", 0), ("eval_steps", 0)):
     if flags.FLAGS[name].value < minimum:
@@ -438,6 +488,10 @@ def main(argv):
     results.update(bench_pipeline(config, batch_size=batch_size,
                                   num_batches=flags.FLAGS.steps,
                                   warmup=flags.FLAGS.warmup))
+  if flags.FLAGS.mode == "train" and flags.FLAGS.peak:
+    results.update(host_peaks(results["train_flops_per_s"],
+                              results["compute_dtype"],
+                              flags.FLAGS.peak_size))
   results["peak_rss_mib"] = peak_rss_mib()
   _print(results)
   if flags.FLAGS.json:

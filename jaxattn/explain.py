@@ -574,6 +574,8 @@ def define_flags() -> None:
 def main(argv):
   if not flags.FLAGS["verbosity"].present:  # Orbax's INFO lines drown results.
     logging.set_verbosity(logging.WARNING)
+  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
+  cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
   if len(argv) < 2:
     raise app.UsageError("Usage: python -m jaxattn.explain WORKDIR --images "
                          "FILE [FILE ...] --out DIR [--method=...]")
@@ -591,5 +593,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # --jax_num_cpu_devices=N etc.
   define_flags()
   app.run(main)

@@ -119,10 +119,16 @@ def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
   """Returns this process's share of a global batch, or explains the fix."""
   devices, processes = jax.device_count(), jax.process_count()
   if batch_size <= 0 or batch_size % devices:
+    cpu_hint = ""
+    if jax.default_backend() == "cpu" and devices > 1:
+      cpu_hint = (" On a CPU host every core is a JAX device "
+                  "(jaxattn/cpu_defaults.py); --jax_num_cpu_devices=1 makes "
+                  "one device of them all.")
     raise ValueError(
         f"config.{name}={batch_size} must be a positive multiple of the "
         f"number of devices ({devices}); e.g. --config.{name}="
-        f"{max(devices, batch_size // devices * devices or devices)}.")
+        f"{max(devices, batch_size // devices * devices or devices)}."
+        f"{cpu_hint}")
   return batch_size // processes
 
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from absl import app, flags, logging
+import jax
 
 
 def define_flags() -> None:
@@ -64,6 +65,8 @@ def format_text(results: list[dict[str, Any]]) -> str:
 def main(argv):
   if not flags.FLAGS["verbosity"].present:  # Orbax's INFO lines drown results.
     logging.set_verbosity(logging.WARNING)
+  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
+  cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
   if len(argv) < 2:
     raise app.UsageError("Usage: python -m jaxattn.predict WORKDIR FILE "
                          "[FILE ...] [--top_k=5] [--json]")
@@ -78,5 +81,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  jax.config.config_with_absl()  # --jax_num_cpu_devices=N etc.
   define_flags()
   app.run(main)

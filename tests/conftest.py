@@ -1,4 +1,5 @@
-"""Test-wide JAX setup: 4 simulated CPU devices and cheap compiles.
+"""Test-wide JAX setup: 4 simulated CPU devices, the project's XLA:CPU
+options, and cheap compiles.
 
 Both must be set before JAX initialises its backend, hence at import time of
 the first conftest. Subprocesses started by tests inherit the environment.
@@ -11,8 +12,13 @@ import shutil
 import sys
 import tempfile
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=4").strip()
+from jaxattn import cpu_defaults  # noqa: E402  (imports no JAX)
+
+# The XLA:CPU options the commands run with (cpu_defaults.XLA_CPU_FLAGS), so
+# that every numerical test checks the outputs users get.
+os.environ["XLA_FLAGS"] = " ".join([
+    *cpu_defaults.XLA_CPU_FLAGS, *os.environ.get("XLA_FLAGS", "").split(),
+    "--xla_force_host_platform_device_count=4"])
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent XLA compilation cache for the session, shared with the

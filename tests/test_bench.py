@@ -21,7 +21,9 @@ _TRAIN_KEYS = {
     "train_step_s", "train_images_per_s", "train_images_per_s_best",
     "train_flops_per_image", "train_flops_per_s", "eval_batch_size",
     "eval_compile_s", "eval_step_s", "eval_images_per_s",
-    "eval_flops_per_image", "peak_rss_mib"}
+    "eval_flops_per_image", "peak_rss_mib",
+    "host_matmul_flops_per_s_float32", "host_matmul_flops_per_s_bfloat16",
+    "train_fraction_of_matmul_peak"}
 
 
 def _run_bench(*args: str) -> subprocess.CompletedProcess:
@@ -43,7 +45,7 @@ def test_cli_train_mode_writes_every_figure(tmp_path):
   out = tmp_path / "bench.json"
   proc = _run_bench("--config=configs/cifar10_convvit.py:smoke", "--steps=2",
                     "--eval_steps=1", "--warmup=1", "--batch=16",
-                    f"--json={out}")
+                    "--peak_size=256", f"--json={out}")
   assert proc.returncode == 0, proc.stderr[-3000:]
   results = json.loads(out.read_text())
   assert _TRAIN_KEYS <= set(results), _TRAIN_KEYS - set(results)
@@ -65,6 +67,13 @@ def test_cli_train_mode_writes_every_figure(tmp_path):
       results["train_flops_per_image"] * results["train_images_per_s"])
   assert results["eval_batch_size"] == 16  # The smoke config's.
   assert results["peak_rss_mib"] > 100
+  # The physical limit: 4 devices x 2 * 256^3 FLOPs per timed round.
+  assert results["host_matmul_flops_per_s_float32"] > 1e8
+  assert results["host_matmul_flops_per_s_bfloat16"] > 1e8
+  # A fraction of the peak of the step's own compute dtype.
+  assert results["train_fraction_of_matmul_peak"] == pytest.approx(
+      results["train_flops_per_s"] /
+      results[f"host_matmul_flops_per_s_{results['compute_dtype']}"])
 
 
 def test_cli_names_the_configs_when_one_is_missing():

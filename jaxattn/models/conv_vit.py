@@ -308,9 +308,11 @@ def _attention_branch(norm: tuple[Array, Array], weights: dict[str, Linear],
                         jnp.eye(heads, dtype=f32)).reshape(b, d, d)
   unify_kernel, unify_bias = weights["unify_heads"]
   projection = jnp.einsum("de,bef,fg->bdg", v, mixing_t, unify_kernel)
-  out = jnp.einsum("bnd,bdg->bng", xhat, projection[:, :d].astype(dtype))
-  offset = (projection[:, d] + unify_bias).astype(dtype)
-  return (out + offset[:, None, :]).reshape(shape), attention
+  # Accumulated in float32 (as fast_ops.dense: bf16 dots then use AMX).
+  out = jnp.einsum("bnd,bdg->bng", xhat, projection[:, :d].astype(dtype),
+                   preferred_element_type=f32)
+  offset = projection[:, d] + unify_bias
+  return (out + offset[:, None, :]).astype(dtype).reshape(shape), attention
 
 
 def _feed_forward(norm: tuple[Array, Array], weights: tuple[Linear, Linear],

@@ -2,8 +2,8 @@
 
 Each function equals the plain expression in its docstring (the same values
 up to float rounding, exact gradients); only what XLA computes, stores and
-transposes changes. Each rule below came out of a profile of seed 004's
-train step (``benchmarks/README.md``):
+transposes changes. Each rule below came out of a profile of a train step
+(seeds 004, 003 and 001; ``benchmarks/README.md``):
 
 * ``gelu``: PyTorch's exact GELU, ``0.5 x (1 + erf(x / sqrt 2))``.
   ``jax.nn.gelu(approximate=False)`` goes through ``erfc`` (two exp/select
@@ -15,18 +15,32 @@ train step (``benchmarks/README.md``):
   Callers fold the affine part into the next linear map where they can.
 * ``dense``: ``x @ kernel + bias`` whose weight gradient contracts an
   explicitly transposed copy of the narrower operand. Autodiff's form made
-  XLA transpose the wider operand and fall back to a slow generic dot.
+  XLA transpose the wider operand and fall back to a slow generic dot. Its
+  dots accumulate in float32 (``preferred_element_type``), which is also
+  what puts bfloat16 dots on the CPU's AMX units.
+* ``batch_norm``: training-mode BatchNorm whose batch-and-space sums (in
+  the forward and the closed-form backward pass) are products with a ones
+  vector; XLA:CPU turned autodiff's sums into slow reduce-windows.
+* ``max_pool_3x3_s2``: the ResNet stem's max pool with its gradient computed
+  per phase of the stride instead of XLA's select-and-scatter.
+* ``conv2d``: ``lax.conv_general_dilated`` (NHWC, HWIO, explicit padding)
+  whose strided case runs as a stride-1 convolution over a space-to-depth
+  view of the input. XLA:CPU differentiates a strided convolution into an
+  lhs-dilated one for the input gradient and ran that through a generic
+  loop: seed 003's 6x6 stride-2 convs were the largest ops of its profile.
 * ``map_in_chunks``: runs a per-example function over slices of the batch,
   each recomputed in the backward pass (``jax.checkpoint``), so a chunk's
   forward and backward both work on cache-sized arrays; a whole batch of
   seed 004's activations (16 MiB per hidden layer at batch 128) does not fit
   in a CPU core's 2 MiB L2.
 
-Every function computes in float32 and returns the input's dtype.
+Every function returns the input's dtype; normalisations, statistics and
+weight gradients are computed in float32.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -91,17 +105,22 @@ normalize.defvjp(_normalize_fwd, _normalize_bwd)
 
 
 @jax.custom_vjp
-def dense(x: Array, kernel: Array, bias: Array) -> Array:
+def dense(x: Array, kernel: Array, bias: Array | None = None) -> Array:
   """``x @ kernel + bias`` over the last axis of x, in x's dtype.
 
-  ``kernel`` [in, out] and ``bias`` [out] are the float32 parameters; their
-  gradients come back in float32 (accumulated in float32 under bfloat16).
+  ``kernel`` [in, out] and ``bias`` [out] (or None: no bias) are the float32
+  parameters; their gradients come back in float32 (accumulated in float32
+  under bfloat16).
   """
-  return x @ kernel.astype(x.dtype) + bias.astype(x.dtype)
+  # float32 accumulation, one rounding at the end: XLA:CPU upcasts a dot with
+  # a bfloat16 result to float32 operands (no AMX), but runs bf16 x bf16 ->
+  # f32 dots on AMX (4-6x its fp32 matmuls, benchmarks/README.md).
+  y = jnp.matmul(x, kernel.astype(x.dtype), preferred_element_type=jnp.float32)
+  return (y if bias is None else y + bias).astype(x.dtype)
 
 
 def _dense_fwd(x, kernel, bias):
-  return dense(x, kernel, bias), (x, kernel)
+  return dense(x, kernel, bias), (x, kernel, bias is not None)
 
 
 def _dense_bwd(residuals, dy):
@@ -118,12 +137,166 @@ def _dense_bwd(residuals, dy):
     dy_t = jax.lax.optimization_barrier(rows_dy.T)
     dkernel = jax.lax.optimization_barrier(
         jnp.matmul(dy_t, rows_x, preferred_element_type=f32)).T
-  dx = dy @ kernel.T.astype(dy.dtype)
+  dx = jnp.matmul(dy, kernel.T.astype(dy.dtype),
+                  preferred_element_type=f32).astype(dy.dtype)
   dbias = jnp.sum(rows_dy, axis=0, dtype=f32)
   return dx, dkernel.astype(kernel.dtype), dbias.astype(kernel.dtype)
 
 
-dense.defvjp(_dense_fwd, _dense_bwd)
+def _dense_bwd_maybe_no_bias(residuals, dy):
+  x, kernel, has_bias = residuals
+  dx, dkernel, dbias = _dense_bwd((x, kernel), dy)
+  return dx, dkernel, dbias if has_bias else None
+
+
+dense.defvjp(_dense_fwd, _dense_bwd_maybe_no_bias)
+
+
+def _column_sums(rows: Array) -> Array:
+  """``rows.sum(0)`` as a vector-matrix product.
+
+  XLA:CPU rewrote the batch-and-space sums of BatchNorm's backward pass into
+  reduce-windows that took 60 ms each on a 16 MiB activation (SL-ResNet-50,
+  64 px); a product with a ones vector reads the rows once at memory speed.
+  """
+  return jnp.ones((rows.shape[0],), rows.dtype) @ rows
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def batch_norm(x: Array, scale: Array, bias: Array,
+               epsilon: float) -> tuple[Array, Array, Array]:
+  """Training-mode ``nn.BatchNorm`` over all axes but the last.
+
+  Returns ``(y, mean, var)``: ``y = (x - mean) * (rsqrt(var + eps) * scale) +
+  bias`` in x's dtype, with Flax's float32 statistics (``var = E[x^2] -
+  E[x]^2``, clipped at 0: ``use_fast_variance``); mean and var are for the
+  running averages. The backward pass is the closed form
+  ``scale * rstd * (g - mean(g) - xhat * mean(g * xhat))``, its sums as
+  products with a ones vector (``_column_sums``).
+  """
+  return _batch_norm_fwd(x, scale, bias, epsilon)[0]
+
+
+def _batch_norm_fwd(x, scale, bias, epsilon):
+  c = x.shape[-1]
+  rows = x.reshape(-1, c).astype(jnp.float32)
+  n = rows.shape[0]
+  mean = _column_sums(rows) / n
+  var = jnp.maximum(0.0, _column_sums(rows * rows) / n - mean * mean)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (x.astype(jnp.float32) - mean) * (rstd * scale) + bias
+  return (y.astype(x.dtype), mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_bwd(epsilon, residuals, cotangents):
+  del epsilon
+  x, mean, rstd, scale = residuals
+  dy, dmean, dvar = cotangents
+  c = x.shape[-1]
+  rows_x = x.reshape(-1, c).astype(jnp.float32)
+  rows_dy = dy.reshape(-1, c).astype(jnp.float32)
+  n = rows_x.shape[0]
+  centred = rows_x - mean
+  xhat = centred * rstd
+  dbias = _column_sums(rows_dy)
+  dscale = _column_sums(rows_dy * xhat)
+  dx = (scale * rstd) * (rows_dy - dbias / n - xhat * (dscale / n))
+  # The statistics' own cotangents (zero when only y reaches the loss).
+  dx = dx + dmean / n + centred * (2.0 * dvar / n)
+  return dx.reshape(x.shape).astype(x.dtype), dscale, dbias
+
+
+batch_norm.defvjp(_batch_norm_fwd, _batch_norm_bwd)
+
+
+@jax.custom_vjp
+def max_pool_3x3_s2(x: Array) -> Array:
+  """``MaxPool2d(3, stride=2, padding=1)`` on NHWC maps (-inf padding).
+
+  The gradient goes to the first maximum of each window in row-major order,
+  as XLA's select-and-scatter and PyTorch route it, but is computed per
+  phase: window tap (i, j) of output (o, p) reads padded pixel
+  (2o + i, 2p + j), so the even and odd padded rows and columns each receive
+  a sum of shifted tap gradients, interleaved once at the end. XLA:CPU's
+  select-and-scatter took ~150 ms of SL-ResNet-50's 2.1 s step at 64 px.
+  """
+  return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
+                               (1, 2, 2, 1), ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+
+def _max_pool_fwd(x):
+  y = max_pool_3x3_s2(x)
+  return y, (x, y)
+
+
+def _max_pool_bwd(residuals, dy):
+  x, y = residuals
+  b, out_h, out_w, c = y.shape
+  xp = jnp.pad(x, ((0, 0), (1, 2 * out_h + 1 - x.shape[1]),
+                   (1, 2 * out_w + 1 - x.shape[2]), (0, 0)),
+               constant_values=-jnp.inf)
+  found = jnp.zeros(y.shape, bool)
+  taps = {}
+  for i in range(3):
+    for j in range(3):
+      window = xp[:, i:i + 2 * out_h - 1:2, j:j + 2 * out_w - 1:2]
+      hit = (window == y) & ~found
+      found = found | hit
+      taps[i, j] = jnp.where(hit, dy, jnp.zeros((), dy.dtype))
+  # Padded row 2k + r receives tap i = r + 2m from output row k - m.
+  def shifted(g, di, dj):  # g at (k - di, l - dj), on an (out + 1)^2 grid.
+    return jnp.pad(g, ((0, 0), (di, 1 - di), (dj, 1 - dj), (0, 0)))
+  phase = [[None, None], [None, None]]
+  for r in range(2):
+    for q in range(2):
+      phase[r][q] = sum(shifted(taps[i, j], i // 2, j // 2)
+                        for i in range(r, 3, 2) for j in range(q, 3, 2))
+  grid = jnp.stack([jnp.stack(row, axis=3) for row in phase], axis=2)
+  dxp = grid.reshape(b, 2 * out_h + 2, 2 * out_w + 2, c)
+  return (dxp[:, 1:1 + x.shape[1], 1:1 + x.shape[2]],)
+
+
+max_pool_3x3_s2.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def conv2d(x: Array, kernel: Array, strides: tuple[int, int],
+           padding: tuple[tuple[int, int], tuple[int, int]]) -> Array:
+  """``lax.conv_general_dilated(x, kernel, strides, padding)``, NHWC x HWIO.
+
+  A stride-s convolution with a k x k kernel is the stride-1 convolution of
+  the input's s x s space-to-depth blocks (H/s, W/s, s*s*C) with the kernel
+  folded the same way (k/s taps of s*s*C inputs): output pixel o reads input row s*o + i = s*(o + a) + r for
+  tap i = s*a + r, i.e. block row o + a at phase r. Both are plain stride-1
+  convolutions forward and backward. Only kernels that the stride divides
+  take this path (seed 003's 6x6/2); others would need zero taps (a 3x3/2
+  ran 1.6x slower so). A 1x1
+  kernel is a (subsampling and a) ``dense`` over channels, whose weight
+  gradient avoids XLA's transposes of the wide activation. Everything else
+  goes to ``lax.conv_general_dilated`` as it is.
+  """
+  (sh, sw), (kh, kw) = strides, kernel.shape[:2]
+  dimension_numbers = ("NHWC", "HWIO", "NHWC")
+  if kh == kw == 1:  # A matmul over channels, of the subsampled map.
+    x = jnp.pad(x, ((0, 0), *padding, (0, 0)))[:, ::sh, ::sw]
+    return dense(x, kernel.reshape(kernel.shape[2:]))
+  if (sh == sw == 1) or kh % sh or kw % sw:
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding,
+                                        dimension_numbers=dimension_numbers)
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  b, h, w, c = x.shape
+  out_h, out_w = (h - kh) // sh + 1, (w - kw) // sw + 1
+  # Blocks of the input: (b, h/sh, w/sw, sh*sw*c), phases (r, q, c) in order.
+  bh, bw = -(-h // sh), -(-w // sw)
+  x = jnp.pad(x, ((0, 0), (0, bh * sh - h), (0, bw * sw - w), (0, 0)))
+  x = x.reshape(b, bh, sh, bw, sw, c).transpose(0, 1, 3, 2, 4, 5)
+  x = x.reshape(b, bh, bw, sh * sw * c)
+  # The kernel folded the same way: tap (a*sh + r, p*sw + q) -> (a, p, (r, q)).
+  th, tw, features = kh // sh, kw // sw, kernel.shape[-1]
+  kernel = kernel.reshape(th, sh, tw, sw, c, features).transpose(
+      0, 2, 1, 3, 4, 5).reshape(th, tw, sh * sw * c, features)
+  y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
+                                   dimension_numbers=dimension_numbers)
+  return y[:, :out_h, :out_w]
 
 
 def map_in_chunks(fn: Callable[[Array], Any], x: Array,

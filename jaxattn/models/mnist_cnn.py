@@ -131,15 +131,11 @@ class AttentionCNN(nn.Module):
         x = SelfAttention2D(self.dtype, name=f"sa_{idx + 3}")(x)
     # PyTorch's (C, H, W) flatten order; see the module docstring.
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
-    x = nn.Dense(200, use_bias=False, dtype=self.dtype,
-                 param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
-                 name="fc_13")(x)
+    x = torch_layers.Linear(200, self.dtype, use_bias=False, name="fc_13")(x)
     x = nn.relu(torch_layers.batch_norm(train, "bn_14", self.dtype)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = nn.Dense(self.num_classes, dtype=jnp.float32,
-                      param_dtype=jnp.float32,
-                      kernel_init=torch_layers.kernel_init,
-                      bias_init=torch_layers.bias_init(200), name="fc_17")(x)
+    logits = torch_layers.Linear(self.num_classes, jnp.float32,
+                                 name="fc_17")(x)
     return jax.nn.log_softmax(logits, axis=-1)
 
 

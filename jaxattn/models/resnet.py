@@ -74,7 +74,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import torch_layers
+from jaxattn.models import fast_ops, torch_layers
 from jaxattn.models.attention_blocks import GSoP
 from jaxattn.models.registry import register
 
@@ -137,10 +137,8 @@ class Conv2d(nn.Module):
     x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
     b, h, w, c = x.shape
     out_h, out_w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
-    if out_h * out_w > SMALL_MAP_PIXELS:
-      return jax.lax.conv_general_dilated(
-          x, kernel, (s, s), ((pad, pad), (pad, pad)),
-          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    if out_h * out_w > SMALL_MAP_PIXELS:  # 1x1/2 downsamples subsample first.
+      return fast_ops.conv2d(x, kernel, (s, s), ((pad, pad), (pad, pad)))
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     # Tap (i, j) of every output pixel, stacked in the kernel's (i, j, c) order.
     taps = [x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
@@ -149,20 +147,19 @@ class Conv2d(nn.Module):
     return patches @ kernel.reshape(k * k * c, self.features)
 
 
-def _dense(features: int, fan_in: int, name: str) -> nn.Dense:
+def _dense(features: int, name: str) -> nn.Module:
   """A float32 ``torch.nn.Linear`` for the head: logits stay exact for the loss."""
-  return nn.Dense(features, dtype=jnp.float32, param_dtype=jnp.float32,
-                  kernel_init=torch_layers.kernel_init,
-                  bias_init=torch_layers.bias_init(fan_in), name=name)
+  return torch_layers.Linear(features, jnp.float32, name=name)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
   """``MaxPool2d(3, stride=2, padding=1)``: the padding is -inf, never 0.
 
-  ``nn.max_pool`` reduces from -inf and pads with that init value, so the
-  padding cannot win a window, as in PyTorch (tested with negative inputs).
+  The window max reduces from -inf and pads with that init value, so the
+  padding cannot win a window, as in PyTorch (tested with negative inputs);
+  ``fast_ops.max_pool_3x3_s2`` routes the gradient as XLA does, faster.
   """
-  return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+  return fast_ops.max_pool_3x3_s2(x)
 
 
 class SLayer(nn.Module):
@@ -180,8 +177,7 @@ class SLayer(nn.Module):
     c = x.shape[-1]
     # Average in float32: a sum over H*W is too long for a bf16 accumulator.
     y = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
-    y = nn.Dense(c, use_bias=False, dtype=self.dtype, param_dtype=jnp.float32,
-                 kernel_init=torch_layers.kernel_init, name="fc")(y)
+    y = torch_layers.Linear(c, self.dtype, use_bias=False, name="fc")(y)
     return x * y[:, None, None, :].astype(x.dtype)
 
 
@@ -291,15 +287,14 @@ def _resnet(images: Array, *, train: bool, stage_sizes: Sequence[int],
                     attention=attention if with_attention else "none",
                     dtype=dtype, name=f"layer{s + 1}_{b}")(x, train)
   x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # AdaptiveAvgPool2d(1)
-  features = x.shape[-1]
   if head == "linear":
-    return _dense(num_classes, features, "fc")(x)
+    return _dense(num_classes, "fc")(x)
   # The seed's head: three Linears with dropout and no activation in between.
-  x = _dense(1024, features, "fc_0")(x)
+  x = _dense(1024, "fc_0")(x)
   x = nn.Dropout(0.5, deterministic=not train)(x)
-  x = _dense(512, 1024, "fc_2")(x)
+  x = _dense(512, "fc_2")(x)
   x = nn.Dropout(0.5, deterministic=not train)(x)
-  return _dense(num_classes, 512, "fc_4")(x)
+  return _dense(num_classes, "fc_4")(x)
 
 
 class ResNet(nn.Module):

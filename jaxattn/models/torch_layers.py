@@ -68,6 +68,7 @@ class Linear(nn.Module):
   dtype: Any = jnp.float32
   kernel_init: Callable[..., Array] = kernel_init
   bias_init: Callable[[int], nn.initializers.Initializer] = bias_init
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -75,7 +76,7 @@ class Linear(nn.Module):
     kernel = self.param("kernel", self.kernel_init, (fan_in, self.features),
                         jnp.float32)
     bias = self.param("bias", self.bias_init(fan_in), (self.features,),
-                      jnp.float32)
+                      jnp.float32) if self.use_bias else None
     return fast_ops.dense(x.astype(self.dtype), kernel, bias)
 
 
@@ -85,29 +86,97 @@ def zeros_bias(fan_in: int) -> nn.initializers.Initializer:
   return nn.initializers.zeros
 
 
+class Conv2d(nn.Module):
+  """``nn.Conv`` (same parameters, init and outputs) on NHWC maps, computed
+  by ``fast_ops.conv2d``: strided convolutions whose kernel the stride
+  divides run as stride-1 convolutions of space-to-depth blocks.
+
+  ``padding`` is explicit ((top, bottom), (left, right)); groups are 1.
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+  strides: tuple[int, int] = (1, 1)
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+  kernel_init: Callable[..., Array] = kernel_init
+  bias_init: Callable[..., Array] = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        (*self.kernel_size, x.shape[-1], self.features),
+                        jnp.float32)
+    y = fast_ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+                        self.strides, self.padding)
+    if self.use_bias:
+      bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+      y = y + bias.astype(self.dtype)
+    return y
+
+
 def conv(features: int, kernel_size: tuple[int, int], fan_in: int, name: str,
          dtype: Any, *, strides: tuple[int, int] = (1, 1),
          padding: Any = "VALID", use_bias: bool = True,
          feature_group_count: int = 1,
-         kernel_init: Callable[..., Array] = kernel_init) -> nn.Conv:
+         kernel_init: Callable[..., Array] = kernel_init) -> nn.Module:
   """``torch.nn.Conv2d`` on NHWC maps; ``fan_in = kh * kw * in / groups``.
 
   ``padding`` takes explicit pairs (``((2, 2), (2, 2))`` for PyTorch's
   ``padding=2``); "VALID" is PyTorch's ``padding=0``. Flax's "SAME" is not
   PyTorch's padding for strided convolutions, hence no default to it.
+  Ungrouped convolutions are :class:`Conv2d` (``nn.Conv``'s parameters).
   """
+  bias = bias_init(fan_in) if use_bias else nn.initializers.zeros
+  if feature_group_count == 1:
+    pairs = ((0, 0), (0, 0)) if padding == "VALID" else tuple(
+        tuple(p) for p in padding)
+    return Conv2d(features, tuple(kernel_size), tuple(strides), pairs,
+                  use_bias=use_bias, dtype=dtype, kernel_init=kernel_init,
+                  bias_init=bias, name=name)
   return nn.Conv(features, kernel_size, strides=strides, padding=padding,
                  use_bias=use_bias, feature_group_count=feature_group_count,
                  dtype=dtype, param_dtype=jnp.float32, kernel_init=kernel_init,
-                 bias_init=bias_init(fan_in) if use_bias else nn.initializers.zeros,
-                 name=name)
+                 bias_init=bias, name=name)
 
 
-def batch_norm(train: bool, name: str, dtype: Any) -> nn.BatchNorm:
+class BatchNorm(nn.Module):
+  """``nn.BatchNorm`` over all axes but the last, with its variables
+  (``params`` scale/bias, ``batch_stats`` mean/var), init, running-average
+  update and outputs; training mode runs ``fast_ops.batch_norm``, whose
+  statistics and gradients XLA:CPU computes faster than autodiff's.
+  """
+
+  use_running_average: bool = False
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", jnp.zeros, features,
+                            jnp.float32)
+    ra_var = self.variable("batch_stats", "var", jnp.ones, features,
+                           jnp.float32)
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    if self.use_running_average:  # nn.BatchNorm's own expression.
+      y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) *
+                                 scale) + bias
+      return y.astype(self.dtype)
+    y, mean, var = fast_ops.batch_norm(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y.astype(self.dtype)
+
+
+def batch_norm(train: bool, name: str, dtype: Any) -> BatchNorm:
   """``torch.nn.BatchNorm{1,2}d`` (momentum 0.1 == Flax 0.9, eps 1e-5)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                      epsilon=1e-5, dtype=dtype, param_dtype=jnp.float32,
-                      name=name)
+  return BatchNorm(use_running_average=not train, momentum=0.9,
+                   epsilon=1e-5, dtype=dtype, name=name)
 
 
 def layer_norm(name: str, dtype: Any) -> nn.LayerNorm:
