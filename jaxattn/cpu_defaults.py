@@ -148,11 +148,13 @@ def configure() -> CpuSetup:
     if setup.xla_flags_added:
       os.environ["XLA_FLAGS"] = " ".join(
           [*os.environ.get("XLA_FLAGS", "").split(), *setup.xla_flags_added])
+    devices = (f"{setup.cpu_devices} JAX CPU devices, {setup.reason}"
+               if setup.cpu_devices is not None else
+               f"JAX CPU devices as you set them: {setup.reason}")
     logging.info(
-        "CPU host: %s JAX CPU devices (%s)%s; override with "
-        "--jax_num_cpu_devices=N or XLA_FLAGS, or %s=0 for JAX's defaults.",
-        setup.cpu_devices or "the requested", setup.reason,
-        f", XLA_FLAGS += {' '.join(setup.xla_flags_added)}"
+        "CPU host: %s%s; override with --jax_num_cpu_devices=N or XLA_FLAGS, "
+        "or %s=0 for JAX's defaults.", devices,
+        f"; XLA_FLAGS += {' '.join(setup.xla_flags_added)}"
         if setup.xla_flags_added else "", DISABLE_VAR)
   else:
     logging.info("jaxattn CPU defaults not applied: %s.", setup.reason)
