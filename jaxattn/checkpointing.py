@@ -56,11 +56,6 @@ def _restore_empty(restored: Any, target: Any) -> Any:
       if r is None else r, target, restored, is_leaf=lambda x: x is None)
 
 
-def abstract_like(tree: Any) -> Any:
-  """Shape/dtype/sharding skeleton to restore onto (never a plain dict)."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
-
-
 class RunCheckpoints:
   """The latest-N and best checkpoint managers of one workdir."""
 

@@ -127,7 +127,7 @@ def _clip(max_norm: float, mode: str) -> optax.GradientTransformation:
 def param_paths(params):
   """The tree of '/'-joined names of each parameter ('layers_0/q/kernel')."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, _: "/".join(str(getattr(k, "key", k)) for k in path),
+      lambda path, _: jax.tree_util.keystr(path, simple=True, separator="/"),
       params)
 
 

@@ -46,19 +46,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def path_name(path: tuple[Any, ...]) -> str:
-  """'params/Dense_0/kernel' for a pytree key path."""
-  parts = []
-  for key in path:
-    for attr in ("key", "name", "idx"):
-      if hasattr(key, attr):
-        parts.append(str(getattr(key, attr)))
-        break
-    else:
-      parts.append(str(key))
-  return "/".join(parts)
-
-
 def check_rules(rules) -> tuple[tuple[re.Pattern, str], ...]:
   """Compiles config.sharding_rules, or explains what is wrong."""
   compiled = []
@@ -103,11 +90,12 @@ def state_shardings(abstract_state: Any, mesh: Mesh, rules=DEFAULT_RULES,
                     fsdp_min_size_mb: float = 4.0) -> Any:
   """A NamedSharding for each leaf of the (abstract) train state."""
   rules = check_rules(rules)
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(
-          mesh, leaf_spec(path_name(path), leaf, rules, mesh,
-                          fsdp_min_size_mb)),
-      abstract_state)
+  def sharding(path, leaf):
+    name = jax.tree_util.keystr(path, simple=True, separator="/")
+    return NamedSharding(mesh, leaf_spec(name, leaf, rules, mesh,
+                                         fsdp_min_size_mb))
+
+  return jax.tree_util.tree_map_with_path(sharding, abstract_state)
 
 
 def is_replicated(shardings: Any) -> bool:

@@ -64,8 +64,8 @@ def test_fsdp_shards_large_tensors_and_trains_like_data_parallel():
 
   # The MLP kernel [64, 256] is split along its 256 outputs: each device
   # holds a different quarter, and its Adam moments follow it.
-  kernels = {parallel.path_name(p): x for p, x in
-             jax.tree_util.tree_flatten_with_path(fsdp_state)[0]}
+  kernels = {jax.tree_util.keystr(p, simple=True, separator="/"): x
+             for p, x in jax.tree_util.tree_flatten_with_path(fsdp_state)[0]}
   [name] = [n for n in kernels if n.startswith("params/") and
             kernels[n].shape == (64, 256)]
   kernel = kernels[name]

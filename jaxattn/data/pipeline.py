@@ -202,19 +202,6 @@ def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
   return tf.ensure_shape(images, [None, *size, images.shape[-1]])
 
 
-def preprocess_for_train(image: tf.Tensor, seed: tf.Tensor,
-                         config: ml_collections.ConfigDict) -> tf.Tensor:
-  """One image's train-time augmentation: a batch of one drawn from ``seed``.
-
-  The training pipeline draws a whole batch from one seed instead (see
-  `create_train_dataset`); the parameters of its first row are these.
-  """
-  image = _resize_unless_cropped(image, config)
-  shape = tf.shape(image)
-  params = sample_train_augmentation(seed, 1, shape[0], shape[1], config)
-  return augment_train_batch(image[None], params, config)[0]
-
-
 def _options() -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True

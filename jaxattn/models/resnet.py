@@ -66,7 +66,6 @@ checkpoints (IMAGENET1K_V1) fill every conv/BN/downsample tensor; ``sl.fc`` and
 ``fc.*`` stay at their init, as in the seed.
 """
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -427,8 +426,3 @@ class GSoPResNet(nn.Module):
                    head="linear", num_classes=self.num_classes,
                    width=self.width, dtype=self.dtype, remat=self.remat)
 
-
-# Shorthands in the style of flax's examples (tests use tiny variants).
-SLResNet50 = functools.partial(SLResNet, depth=50)
-SLResNet101 = functools.partial(SLResNet, depth=101)
-SLResNet152 = functools.partial(SLResNet, depth=152)
