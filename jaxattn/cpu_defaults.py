@@ -2,7 +2,7 @@
 
 XLA:CPU runs one program's ops one after the other, each mostly on one
 thread, so a single CPU device leaves the other cores idle most of the step
-(see ``benchmarks/README.md``, "Why one CPU device per core"). On a host
+(see ``benchmarks/README.md``, "A JAX device per core"). On a host
 whose only JAX platform is the CPU, :func:`configure` therefore
 
 * splits the CPU into one JAX device per usable core
@@ -41,7 +41,7 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 # their effect changes between releases). Measured on every architecture's
 # full train step (benchmarks/README.md, "XLA:CPU's library paths"):
 # YNNPACK for dots only (XLA's default also hands it the convolutions, whose
-# gradients it ran 1.3-3.4x slower than XLA's own; its dots keep bf16 on AMX).
+# gradients it ran 1.3-6x slower than XLA's own; its dots keep bf16 on AMX).
 _TESTED_XLA_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "0.10": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",),
 }

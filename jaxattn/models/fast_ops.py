@@ -124,7 +124,7 @@ def _dense_fwd(x, kernel, bias):
 
 
 def _dense_bwd(residuals, dy):
-  x, kernel = residuals
+  x, kernel, has_bias = residuals
   fan_in, features = kernel.shape
   rows_x, rows_dy = x.reshape(-1, fan_in), dy.reshape(-1, features)
   f32 = jnp.float32
@@ -139,17 +139,12 @@ def _dense_bwd(residuals, dy):
         jnp.matmul(dy_t, rows_x, preferred_element_type=f32)).T
   dx = jnp.matmul(dy, kernel.T.astype(dy.dtype),
                   preferred_element_type=f32).astype(dy.dtype)
-  dbias = jnp.sum(rows_dy, axis=0, dtype=f32)
-  return dx, dkernel.astype(kernel.dtype), dbias.astype(kernel.dtype)
+  dbias = (jnp.sum(rows_dy, axis=0, dtype=f32).astype(kernel.dtype)
+           if has_bias else None)
+  return dx, dkernel.astype(kernel.dtype), dbias
 
 
-def _dense_bwd_maybe_no_bias(residuals, dy):
-  x, kernel, has_bias = residuals
-  dx, dkernel, dbias = _dense_bwd((x, kernel), dy)
-  return dx, dkernel, dbias if has_bias else None
-
-
-dense.defvjp(_dense_fwd, _dense_bwd_maybe_no_bias)
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def _column_sums(rows: Array) -> Array:
