@@ -21,9 +21,9 @@ is not trained again.
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 import jax
+from jaxattn import configlib
 
 flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.DEFINE_enum("mode", "train", ["train", "eval"],
@@ -42,9 +42,7 @@ flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..N-1.")
 flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
                      "Multi-process: a peer silent this long is dead and the "
                      "job aborts instead of hanging.")
-config_flags.DEFINE_config_file(
-    "config", None, "Config file, e.g. configs/quickstart.py:smoke.",
-    lock_config=True)
+configlib.define_config_flag()
 flags.mark_flags_as_required(["workdir"])
 FLAGS = flags.FLAGS
 
@@ -62,13 +60,15 @@ def main(argv):
       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds))
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
-  if FLAGS.mode == "eval":
+  if FLAGS.mode == "eval":  # The workdir's own config unless --config.
     evaluate.evaluate_checkpoint(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
                                  split=FLAGS.split, config=FLAGS.config)
-  elif FLAGS.config is None:
-    raise app.UsageError("--config is required for training.")
   else:
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    try:
+      config = configlib.config_from_flag()
+    except configlib.ConfigError as e:
+      raise app.UsageError(str(e)) from None
+    train.train_and_evaluate(config, FLAGS.workdir)
   distributed.shutdown()  # Finished (or preempted and saved): leave together.
 
 

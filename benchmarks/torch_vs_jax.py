@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import importlib.util
 import json
 import os
 import signal
@@ -77,21 +76,11 @@ DEFAULT_CASES = ("conv_vit", "vit", "se_cnn", "slresnet50", "hybrid_head")
 
 def load_config(case: Case, batch_size: int = 0):
   """The case's config with its overrides (dotted keys) applied."""
-  path, _, arg = case.config.partition(":")
-  spec = importlib.util.spec_from_file_location("bench_config",
-                                                os.path.join(REPO, path))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for key, value in case.overrides:
-    *parents, leaf = key.split(".")
-    node = config
-    for parent in parents:
-      node = node[parent]
-    node[leaf] = value
+  from jaxattn import configlib  # pylint: disable=g-import-not-at-top
+  overrides = dict(case.overrides)
   if batch_size:
-    config.batch_size = batch_size
-  return config
+    overrides["batch_size"] = batch_size
+  return configlib.load(os.path.join(REPO, case.config), overrides)
 
 
 # ----------------------------------------------------------------------------
@@ -163,11 +152,10 @@ class TorchStep:
 def torch_twin(config):
   """The project's PyTorch definition of the part the JAX step trains."""
   # pylint: disable=g-import-not-at-top
-  from jaxattn import bench
   from jaxattn.convert.commands import torch_model_for
   from jaxattn.torch_models import create_torch_model
   # pylint: enable=g-import-not-at-top
-  if bench.feeds_backbone_logits(config):
+  if config.cache_backbone_features:
     # The JAX step never runs the frozen backbone on cached logits either.
     return create_torch_model(
         "hybrid_head", num_classes=config.num_classes,

@@ -25,7 +25,7 @@ def get_config(arg=None):
   c.augment.crop_scale, c.augment.crop_ratio = (0.8, 1.0), (0.9, 1.1)
 
   if arg.model == "conv_vit":
-    c.model = dict(name="conv_vit", patch_size=2, embedding_dim=32, depth=4,
+    c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
                    head_channels=8)
   elif arg.model == "vit":
     c.model = dict(name="vit", patch_size=4, hidden_dim=64, depth=4,

@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import ml_collections
 
-from jaxattn import checkpointing, optim, parallel, train
-
-
-def _split_path(path: str) -> tuple[str, int | None]:
-  """workdir | workdir/checkpoints[_best] | .../<step> -> (workdir, step)."""
-  path = os.path.abspath(path)
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.basename(os.path.dirname(path)) in (
-      checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
-    return os.path.dirname(os.path.dirname(path)), int(base)
-  if base in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
-    return os.path.dirname(path), None
-  return path, None
+from jaxattn import checkpointing, experiment
 
 
 def load(workdir_or_checkpoint_dir: str, step: int | str | None = None
@@ -34,18 +21,10 @@ def load(workdir_or_checkpoint_dir: str, step: int | str | None = None
   ``config.pixel_mean`` / ``config.pixel_std``). ``step`` is a step number,
   'latest' or 'best' (default: the step in the path, else the latest).
   """
-  workdir, path_step = _split_path(workdir_or_checkpoint_dir)
-  config = checkpointing.load_config(workdir)
+  workdir, path_step = checkpointing.split_checkpoint_path(
+      workdir_or_checkpoint_dir)
   which = step if step is not None else (path_step if path_step is not None
                                          else "latest")
-  model = train.build_model(config)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 1, 1))
-  mesh = parallel.create_mesh()
-  abstract_state = train.abstract_train_state(config, model, tx, mesh)
-  ckpt = checkpointing.RunCheckpoints(workdir, read_only=True)
-  try:
-    state, _, _ = ckpt.restore(abstract_state, which)
-  finally:
-    ckpt.close()
-  variables = jax.device_get(state.variables())
-  return model, variables, config
+  exp = experiment.Experiment.for_workdir(workdir)
+  state, _, _ = exp.restore(which)
+  return exp.model, jax.device_get(state.variables()), exp.config

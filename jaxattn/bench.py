@@ -41,7 +41,6 @@ figure is printed and, with ``--json``, written as one JSON object.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
@@ -59,9 +58,8 @@ from ml_collections import config_flags
 def define_flags() -> None:
   """The command's flags; defined only when it runs, so that importing this
   module beside other absl programs (main.py, summary, tests) defines none."""
-  config_flags.DEFINE_config_file(
-      "config", None, "Config file[:ARGS], e.g. configs/cifar10_convvit.py.",
-      lock_config=True)
+  from jaxattn import configlib  # pylint: disable=g-import-not-at-top
+  configlib.define_config_flag()
   flags.DEFINE_enum(
       "mode", "train", ["train", "pipeline"],
       "train: the train and eval steps on synthetic data; pipeline: the tf.data "
@@ -113,56 +111,6 @@ def peak_rss_mib() -> float:
   """Peak resident memory of this process (Linux reports KiB, macOS bytes)."""
   peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return peak / (2**20 if sys.platform == "darwin" else 2**10)
-
-
-def load_config_or_explain():
-  """The --config value, or a usage error naming the configs that exist."""
-  try:
-    config = flags.FLAGS.config
-    if config is not None:
-      config.model.name  # pylint: disable=pointless-statement
-  except (OSError, ValueError) as e:  # Missing file, bad ARGS or --config.KEY.
-    configs_dir = os.path.join(os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))), "configs")
-    known = (sorted(f for f in os.listdir(configs_dir) if f.endswith(".py"))
-             if os.path.isdir(configs_dir) else [])
-    reason = str(e).strip().splitlines()[-1].strip()
-    name = config_flags.get_config_filename(flags.FLAGS["config"])
-    raise app.UsageError(
-        f"Cannot load --config={name}: {reason}\nConfigs in {configs_dir}: "
-        f"{', '.join(known)}.") from None
-  if config is None:
-    raise app.UsageError("--config=configs/NAME.py[:ARGS] is required.")
-  return config
-
-
-def metadata_source(config):
-  """The dataset's classes and shapes; a TFDS dataset is never downloaded."""
-  # pylint: disable=g-import-not-at-top
-  from jaxattn import train
-  from jaxattn.data import sources
-  # pylint: enable=g-import-not-at-top
-  kind, _, name = config.dataset.partition(":")
-  if kind == "tfds":  # Shapes and classes from the builder's code.
-    return sources.MockSource(name)
-  return train.get_source(config)
-
-
-def feeds_backbone_logits(config) -> bool:
-  """Seed 000's head trains on cached backbone logits, not on images."""
-  return bool(config.cache_backbone_features or
-              config.model.name == "hybrid_head")
-
-
-def example_shape(config) -> tuple[int, ...]:
-  """Shape of one example of the train step's batch."""
-  # pylint: disable=g-import-not-at-top
-  from jaxattn import train
-  from jaxattn.models.hybrid import IMAGENET_CLASSES
-  # pylint: enable=g-import-not-at-top
-  if feeds_backbone_logits(config):  # The frozen ViT-B/8's ImageNet logits.
-    return (IMAGENET_CLASSES,)
-  return train.image_shape(config)
 
 
 def matmul_peak(dtype: str = "float32", size: int = 2048,
@@ -251,50 +199,32 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
                 ) -> Steps:
   """Compiles the config's train step as train.py does, on synthetic data.
 
-  Same model, optimizer, schedule, loss, jit shardings and state donation
-  as ``train.train_and_evaluate``; the batch is random data of the config's
-  shape. ``eval_batch_size=0`` skips the eval step.
+  The same ``Experiment`` as ``train.train_and_evaluate`` (model, optimizer,
+  schedule, loss, jit shardings and state donation) built from the
+  dataset's metadata; the batch is random data of the train step's input
+  shape (seed 000's cached head: backbone logits). ``eval_batch_size=0``
+  skips the eval step.
   """
   # pylint: disable=g-import-not-at-top
   import jax
+  import ml_collections
   import numpy as np
-  from jaxattn import optim, parallel, steps, train
+  from jaxattn import experiment, parallel
   # pylint: enable=g-import-not-at-top
 
-  source = metadata_source(config)
-  config = train.resolve_config(config, source, check_splits=False)
-  mesh = parallel.create_mesh()
-  parallel.check_batch_size(batch_size)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.batch_size = batch_size
+  config.eval_batch_size = eval_batch_size or config.eval_batch_size
+  config.init_from = ""  # Timing needs no pretrained weights.
+  config.pretrained_required = False
+  exp = experiment.Experiment(config, data="metadata")
+  exp.shard  # pylint: disable=pointless-statement  # Checks the batch size.
   if eval_batch_size:
-    parallel.check_batch_size(eval_batch_size, "eval_batch_size")
-  try:
-    num_train = source.num_examples(config.train_split)
-  except Exception:  # pylint: disable=broad-except
-    num_train = 0  # Metadata only: the schedule's epoch length is nominal.
-  steps_per_epoch = max(1, num_train // batch_size) if num_train else 1000
-  total_steps = config.num_steps or config.num_epochs * steps_per_epoch
-
-  model = train.build_model(config)
-  learning_rate_fn = optim.create_learning_rate_fn(config, steps_per_epoch,
-                                                   total_steps)
-  tx = optim.create_optimizer(config, learning_rate_fn)
-  shape = example_shape(config)
-  init_shape = shape if config.model.name == "hybrid_head" else (
-      train.image_shape(config))
-  replicated = parallel.replicated(mesh)
-  init = jax.jit(functools.partial(steps.create_train_state, model=model,
-                                   tx=tx, image_shape=init_shape),
-                 out_shardings=replicated)
-  state = init(jax.random.key_data(jax.random.key(config.seed)))
-  state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  batch_sharding = parallel.batch_sharded(mesh)
-  train_fn = jax.jit(
-      functools.partial(steps.train_step, model=model, tx=tx,
-                        learning_rate_fn=learning_rate_fn,
-                        loss_spec=steps.LossSpec.from_config(config),
-                        parallel=config.parallel, mesh=mesh),
-      in_shardings=(state_sharding, batch_sharding),
-      out_shardings=(state_sharding, replicated), donate_argnums=0)
+    exp.eval_shard  # pylint: disable=pointless-statement
+  if config.cache_backbone_features:
+    exp = exp.with_features(None)
+  config, shape = exp.config, exp.input_shape
+  state = exp.init_state()
   rng = np.random.default_rng(0)
 
   def synthetic_batch(size: int, with_mask: bool):
@@ -303,7 +233,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
              "label": rng.integers(0, config.num_classes, size)}
     if with_mask:
       batch["mask"] = np.ones(size, np.float32)
-    return parallel.global_batch(batch, batch_sharding)
+    return parallel.global_batch(batch, exp.batch_sharding)
 
   def compile_step(fn, *args):
     start = time.perf_counter()
@@ -314,8 +244,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     return compiled, lower_seconds, time.perf_counter() - start
 
   batch = synthetic_batch(batch_size, with_mask=False)
-  train_compiled, lower_s, compile_s = compile_step(train_fn, state, batch)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  train_compiled, lower_s, compile_s = compile_step(exp.train_fn, state, batch)
   current = {"state": state}
   del state  # Donated by the first step: only `current` may hold it.
 
@@ -323,36 +252,28 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     current["state"], _ = train_compiled(current["state"], batch)
     jax.block_until_ready(current["state"])
 
-  train_flops = _flops(train_compiled, mesh.size)
-  if getattr(model, "chunk_size", 0) != 0:
+  train_flops = _flops(train_compiled, exp.mesh.size)
+  if getattr(exp.model, "chunk_size", 0) != 0:
     # XLA's cost analysis counts a loop body once: count the FLOPs of the
     # same step without chunking (the model's FLOPs, without recomputation).
-    unchunked = model.clone(chunk_size=0)
-    flops_fn = jax.jit(
-        functools.partial(steps.train_step, model=unchunked, tx=tx,
-                          learning_rate_fn=learning_rate_fn,
-                          loss_spec=steps.LossSpec.from_config(config),
-                          parallel=config.parallel, mesh=mesh),
-        in_shardings=(state_sharding, batch_sharding),
-        out_shardings=(state_sharding, replicated))
+    flops_fn = exp.make_train_fn(exp.model.clone(chunk_size=0), donate=False)
     train_flops = _flops(flops_fn.lower(current["state"], batch).compile(),
-                         mesh.size)
+                         exp.mesh.size)
   train_step = CompiledStep(batch_size, lower_s, compile_s, train_flops,
                             train_once, train_compiled.as_text)
   eval_step = None
   if eval_batch_size:
-    eval_fn = train.make_eval_fn(model, mesh, state_sharding, config)
     eval_batch = synthetic_batch(eval_batch_size, with_mask=True)
     eval_compiled, eval_lower_s, eval_compile_s = compile_step(
-        eval_fn, current["state"], eval_batch)
+        exp.eval_fn, current["state"], eval_batch)
 
     def eval_once():
       jax.block_until_ready(eval_compiled(current["state"], eval_batch))
 
     eval_step = CompiledStep(eval_batch_size, eval_lower_s, eval_compile_s,
-                             _flops(eval_compiled, mesh.size), eval_once,
+                             _flops(eval_compiled, exp.mesh.size), eval_once,
                              eval_compiled.as_text)
-  return Steps(config=config, num_params=int(num_params),
+  return Steps(config=config, num_params=exp.num_params(),
                example_shape=tuple(shape), train=train_step, eval=eval_step)
 
 
@@ -404,23 +325,22 @@ def bench_pipeline(config, *, batch_size: int, num_batches: int,
                    warmup: int) -> dict[str, Any]:
   """Times the config's tf.data training input; see the module doc."""
   # pylint: disable=g-import-not-at-top
-  from jaxattn import train
+  import ml_collections
+  from jaxattn import experiment
   from jaxattn.data import pipeline
   # pylint: enable=g-import-not-at-top
 
-  source = train.get_source(config)
-  # Only the training split is read: other splits need not exist.
-  config = train.resolve_config(config, source, check_splits=False)
-  num_train = source.num_examples(config.train_split)
-  steps_per_epoch = num_train // batch_size
-  if not steps_per_epoch:
-    raise ValueError(f"--batch={batch_size} exceeds the {num_train} examples "
-                     f"of {config.train_split!r}.")
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.batch_size = batch_size
+  # Only the training split is read: other splits need not exist. One
+  # process, all of the batch: the host's whole input pipeline is timed.
+  exp = experiment.Experiment(config, data="train")
+  config, steps_per_epoch = exp.config, exp.steps_per_epoch
   total = warmup + num_batches
-  shard = pipeline.ProcessShard(0, 1, batch_size)
   start = time.perf_counter()
   ds = pipeline.create_train_dataset(
-      source, config, shard=shard, steps_per_epoch=steps_per_epoch,
+      exp.source, config, shard=pipeline.ProcessShard(0, 1, batch_size),
+      steps_per_epoch=steps_per_epoch,
       num_epochs=-(-total // steps_per_epoch))
   batches = pipeline.as_numpy(ds)
   for _ in range(warmup):
@@ -468,7 +388,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
   cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
-  config = load_config_or_explain()
+  from jaxattn import configlib  # pylint: disable=g-import-not-at-top
+  try:
+    config = configlib.config_from_flag()
+  except configlib.ConfigError as e:
+    raise app.UsageError(str(e)) from None
   for name, minimum in (("steps", 1), ("warmup", 0), ("eval_steps", 0)):
     if flags.FLAGS[name].value < minimum:
       raise app.UsageError(

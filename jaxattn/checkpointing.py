@@ -85,9 +85,17 @@ class RunCheckpoints:
           state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                    force=True)
 
-  def resolve(self, which: str | int | None) -> tuple[str, int]:
-    """'latest' | 'best' | step -> (kind, step), with a clear error."""
+  def resolve(self, which: str | int | None, *,
+              best_or_latest: bool = False) -> tuple[str, int]:
+    """'latest' | 'best' | step (an int or its string) -> (kind, step).
+
+    ``best_or_latest``: 'best' falls back to the latest checkpoint when the
+    run kept no best one (it trained without a validation split, so the
+    latest is its only model).
+    """
     which = "latest" if which in (None, "") else which
+    if which == "best" and best_or_latest and self.best_step() is None:
+      which = "latest"
     if which == "best":
       step = self.best_step()
       if step is None:
@@ -106,7 +114,8 @@ class RunCheckpoints:
     except ValueError:
       raise CheckpointError(
           f"Checkpoint {which!r} is neither 'best', 'latest' nor a step "
-          "number.") from None
+          f"number; available steps: {self.all_steps()} (best: "
+          f"{self.best_step()}).") from None
     if step in self.all_steps():
       return "latest", step
     if step == self.best_step():
@@ -115,10 +124,11 @@ class RunCheckpoints:
         f"No checkpoint at step {step} in {self.workdir}; available steps: "
         f"{self.all_steps()} (best: {self.best_step()}).")
 
-  def restore(self, abstract_state: Any, which: str | int | None = "latest"
+  def restore(self, abstract_state: Any, which: str | int | None = "latest",
+              *, best_or_latest: bool = False
               ) -> tuple[Any, dict[str, Any], int]:
     """(state, meta, step) restored onto the abstract state's shardings."""
-    kind, step = self.resolve(which)
+    kind, step = self.resolve(which, best_or_latest=best_or_latest)
     manager = self._best if kind == "best" else self._latest
     args = ocp.args.Composite(
         state=ocp.args.StandardRestore(_drop_empty(abstract_state)),
@@ -140,6 +150,18 @@ class RunCheckpoints:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def split_checkpoint_path(path: str) -> tuple[str, int | None]:
+  """workdir | workdir/checkpoints[_best] | .../<step> -> (workdir, step)."""
+  path = os.path.abspath(path)
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.basename(os.path.dirname(path)) in (
+      LATEST_DIR, BEST_DIR):
+    return os.path.dirname(os.path.dirname(path)), int(base)
+  if base in (LATEST_DIR, BEST_DIR):
+    return os.path.dirname(path), None
+  return path, None
 
 
 def save_config(workdir: str, config: ml_collections.ConfigDict) -> None:

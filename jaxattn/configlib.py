@@ -1,28 +1,108 @@
-"""Config building blocks shared by every ``configs/*.py`` file.
+"""Configs: loading them, and the building blocks of every ``configs/*.py``.
 
 A config file defines ``get_config(arg)``. ``arg`` is the short string after
 the colon in ``--config=configs/x.py:smoke,epochs=5``; :func:`parse_arg` turns
 it into typed values. :func:`base_config` holds every key the trainer reads,
 with its default, so a typo in ``--config.KEY=VALUE`` fails at once (ml_collections
 rejects unknown keys) and a config file only states what differs.
+
+One loader for everything: the absl commands define ``--config`` with
+:func:`define_config_flag` and read it with :func:`config_from_flag`; the
+converter, the tests and the benchmarks call :func:`load` with the same
+``FILE[:ARG]`` and ``KEY=VALUE`` strings. Both are ml_collections'
+``config_flags``, so a value means the same everywhere: it takes the type of
+the key it overrides, and booleans are absl's (true/false, t/f, 1/0).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
+_BOOLEAN = flags.BooleanParser()
+CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs")
+
+
+class ConfigError(ValueError):
+  """A config that cannot be loaded; the message says what to pass instead."""
+
+
+def define_config_flag(name: str = "config",
+                       flag_values: flags.FlagValues = flags.FLAGS,
+                       sys_argv: Sequence[str] | None = None) -> None:
+  """``--config=FILE[:ARG]`` plus ``--config.KEY=VALUE`` overrides."""
+  config_flags.DEFINE_config_file(
+      name, None, "Config file[:ARG], e.g. configs/quickstart.py:smoke; "
+      "override keys with --config.KEY=VALUE.", flag_values=flag_values,
+      lock_config=True, sys_argv=sys_argv)
+
+
+def _known_configs() -> str:
+  if not os.path.isdir(CONFIGS_DIR):
+    return ""
+  names = sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
+  return f"\nConfigs in {CONFIGS_DIR}: {', '.join(names)}."
+
+
+def config_from_flag(name: str = "config",
+                     flag_values: flags.FlagValues = flags.FLAGS
+                     ) -> ml_collections.ConfigDict:
+  """The parsed ``--config``, or a ConfigError naming the configs that exist."""
+  try:
+    config = flag_values[name].value
+    if config is not None:
+      config.model.name  # pylint: disable=pointless-statement
+  except (OSError, ValueError, AttributeError, KeyError) as e:
+    reason = str(e).strip().splitlines()[-1].strip() if str(e) else repr(e)
+    spec = config_flags.get_config_filename(flag_values[name])
+    raise ConfigError(f"Cannot load --{name}={spec}: {reason}"
+                      f"{_known_configs()}") from None
+  if config is None:
+    raise ConfigError(f"--{name}=configs/NAME.py[:ARG] is required."
+                      f"{_known_configs()}")
+  return config
+
+
+def load(spec: str, overrides: Mapping[str, Any] | Sequence[str] = ()
+         ) -> ml_collections.ConfigDict:
+  """``get_config(ARG)`` of ``FILE[:ARG]``, with ``KEY=VALUE`` overrides.
+
+  What ``--config=SPEC --config.KEY=VALUE ...`` gives on a command line:
+  ``overrides`` is a dict ``{"batch_size": 64}`` or strings
+  ``["batch_size=64"]``; values are parsed as command-line strings.
+  """
+  if isinstance(overrides, Mapping):
+    overrides = [f"{k}={v}" for k, v in overrides.items()]
+  argv = ["jaxattn", f"--config={spec}",
+          *(f"--config.{o}" for o in overrides)]
+  flag_values = flags.FlagValues()
+  define_config_flag(flag_values=flag_values, sys_argv=argv)
+  try:
+    flag_values(argv)
+  except (flags.Error, AttributeError, KeyError) as e:
+    # An unknown --config.KEY surfaces as the ConfigDict's AttributeError.
+    # config_flags wraps a get_config() error in its traceback: the last
+    # line is the error itself.
+    reason = str(e).strip().splitlines()[-1].strip().strip("\"'")
+    if isinstance(e, (AttributeError, KeyError)):
+      reason = (f"no config key {reason}; --config.KEY=VALUE overrides only "
+                "keys the config has (see jaxattn/configlib.py:base_config)")
+    raise ConfigError(f"--config={spec}: {reason}") from None
+  return config_from_flag(flag_values=flag_values)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   """Parses ``"smoke,epochs=5,batch=64"`` against typed defaults.
 
   A bare key means True (for boolean keys). Values take the type of their
-  default (bool, int, float or str). Unknown keys raise an error listing the
-  valid ones.
+  default (bool, int, float or str; booleans as in ``--config.KEY=VALUE``).
+  Unknown keys raise an error listing the valid ones.
   """
   values = dict(defaults)
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
@@ -41,9 +121,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     raw = raw.strip()
     try:
       if isinstance(default, bool):
-        if raw.lower() not in _TRUE + _FALSE:
-          raise ValueError(raw)
-        values[key] = raw.lower() in _TRUE
+        values[key] = _BOOLEAN.parse(raw)
       elif isinstance(default, int):
         values[key] = int(raw)
       elif isinstance(default, float):

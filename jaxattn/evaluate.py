@@ -11,8 +11,7 @@ import ml_collections
 from absl import logging
 from clu import metric_writers
 
-from jaxattn import checkpointing, optim, parallel, plots, train
-from jaxattn.data import pipeline
+from jaxattn import checkpointing, experiment, plots
 
 
 def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
@@ -28,30 +27,16 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   ``WORKDIR/curves.png``, both also as TensorBoard images under
   ``eval_<split>/``.
   """
-  saved = checkpointing.load_config(workdir)
-  config = saved if config is None else config
-  source = train.get_source(config)
-  config = train.resolve_config(config, source)
+  config = checkpointing.load_config(workdir) if config is None else config
+  # The dataset is read (the split is evaluated); the optimizer state is
+  # restored too, as the checkpoint holds one.
+  exp = experiment.Experiment(config, workdir=workdir)
+  config = exp.config
   split = split or config.test_split or config.val_split
   if not split:
     raise ValueError("No split to evaluate: pass --split=NAME.")
-
-  mesh = parallel.create_mesh()
-  shard = pipeline.ProcessShard(
-      jax.process_index(), jax.process_count(),
-      parallel.check_batch_size(config.eval_batch_size, "eval_batch_size"))
-  model = train.build_model(config)
-  # The optimizer state is restored too (the checkpoint holds one); its
-  # structure needs the schedule, not the data, so steps_per_epoch=1 is fine.
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(config, 1, 1))
-  abstract_state = train.abstract_train_state(config, model, tx, mesh)
-  ckpt = checkpointing.RunCheckpoints(workdir, read_only=True)
-  state, _, step = ckpt.restore(abstract_state, checkpoint)
-  ckpt.close()
-  state_sharding = jax.tree.map(lambda x: x.sharding, abstract_state)
-  eval_fn = train.make_eval_fn(model, mesh, state_sharding, config)
-  results = train.evaluate_split(eval_fn, state, source, split, config, shard,
-                                 mesh)
+  state, _, step = exp.restore(checkpoint)
+  results = exp.evaluate(state, split)
   results.update(split=split, step=step, checkpoint=str(checkpoint))
   logging.info("Eval of %s (step %d) on %s: %s", checkpoint, step, split,
                results)
@@ -59,8 +44,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0)
   pictures = plots.write_run_report(
-      workdir, config, state.variables(), model, source, mesh, shard, writer,
-      step, split=split, confusion_file=f"confusion_{safe_split}_step{step}.png",
+      exp, workdir, state.variables(), writer, step, split=split, confusion_file=f"confusion_{safe_split}_step{step}.png",
       image_prefix=f"eval_{safe_split}/")
   writer.close()
   if jax.process_index() == 0:

@@ -426,14 +426,14 @@ def inputs_from_files(run: Run, files: Sequence[str]) -> Inputs:
 
 def find_misclassified(run: Run, split: str, count: int) -> Inputs:
   """The first `count` misclassified examples of `split`, in split order."""
-  from jaxattn import train  # pylint: disable=g-import-not-at-top
+  from jaxattn import experiment  # pylint: disable=g-import-not-at-top
   from jaxattn.data import pipeline, sources  # pylint: disable=g-import-not-at-top
   # No tf.data cache: the search stops early, and a half-read cache is
   # discarded with a warning.
   config = ml_collections.ConfigDict(run.config.to_dict())
   config.cache = False
   try:
-    source = train.get_source(config)
+    source = experiment.get_source(config)
     ds, _ = pipeline.create_eval_dataset(
         source, split, config, shard=pipeline.ProcessShard(
             0, 1, config.eval_batch_size))
@@ -572,13 +572,8 @@ def define_flags() -> None:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # Orbax's INFO lines drown results.
-    logging.set_verbosity(logging.WARNING)
-  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
-  cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
-  if len(argv) < 2:
-    raise app.UsageError("Usage: python -m jaxattn.explain WORKDIR --images "
-                         "FILE [FILE ...] --out DIR [--method=...]")
+  inference.start_command(argv, "python -m jaxattn.explain WORKDIR --images "
+                          "FILE [FILE ...] --out DIR [--method=...]")
   args = flags.FLAGS
   if not args.out:
     raise app.UsageError("--out DIR is required.")

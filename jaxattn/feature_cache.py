@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 
 import jax
-import ml_collections
 import numpy as np
 import tensorflow as tf
 from absl import logging
@@ -24,29 +23,8 @@ from jaxattn.data import pipeline, sources
 CACHE_DIR = "feature_cache"
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """The cache is exact only for a frozen backbone and unaugmented inputs."""
-  if not config.cache_backbone_features:
-    return
-  if config.model.name != "hybrid" or not config.model.get(
-      "freeze_backbone", True):
-    raise ValueError(
-        "config.cache_backbone_features needs a frozen backbone: model "
-        f"'hybrid' with freeze_backbone=True (got {config.model.name!r}).")
-  aug = config.augment
-  if (aug.random_resized_crop or aug.flip or aug.rand_augment_ops or
-      any(aug.color_jitter) or aug.random_erasing):
-    raise ValueError(
-        "config.cache_backbone_features caches the backbone's outputs of "
-        "unaugmented images, but this config augments them (config.augment): "
-        "turn the augmentations off or set "
-        "--config.cache_backbone_features=False.")
-
-
 class FeatureSource(sources.DataSource):
   """This process's cached backbone outputs of the configured splits."""
-
-  holds_features = True
 
   def __init__(self, base: sources.DataSource,
                features: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -78,13 +56,17 @@ def _local_rows(x: jax.Array) -> np.ndarray:
   return np.concatenate([np.asarray(s.data) for s in shards])
 
 
-def build(config: ml_collections.ConfigDict, source: sources.DataSource,
-          variables, model, mesh, shard: pipeline.ProcessShard,
-          workdir: str) -> FeatureSource:
-  """Computes (or loads) the backbone outputs of every configured split."""
-  backbone = jax.jit(lambda v, images: model.apply(
-      v, images, method="backbone_logits"))
-  sharding = parallel.batch_sharded(mesh)
+def build(exp, variables, workdir: str):
+  """The experiment reading the backbone outputs of every configured split,
+  computed once (or loaded from ``WORKDIR/feature_cache/``).
+
+  The backbone runs in evaluation mode through the model interface's
+  ``feature_method`` over the evaluation pipeline's images; the returned
+  experiment feeds them to the steps as ``input_kind="features"``.
+  """
+  config, shard = exp.config, exp.eval_shard
+  backbone = jax.jit(lambda v, images: exp.model.apply(
+      v, images, method=exp.interface.feature_method))
   cache_dir = os.path.join(workdir, CACHE_DIR)
   os.makedirs(cache_dir, exist_ok=True)
   features = {}
@@ -97,11 +79,12 @@ def build(config: ml_collections.ConfigDict, source: sources.DataSource,
         features[split] = (npz["features"], npz["labels"])
       logging.info("Backbone features of %s loaded from %s.", split, path)
       continue
-    ds, _ = pipeline.create_eval_dataset(source, split, config, shard=shard)
+    ds, _ = pipeline.create_eval_dataset(exp.source, split, config,
+                                         shard=shard)
     outs, labels = [], []
     for batch in pipeline.as_numpy(ds):
       logits = backbone(variables, parallel.global_batch(
-          {"image": batch["image"]}, sharding)["image"])
+          {"image": batch["image"]}, exp.batch_sharding)["image"])
       keep = batch["mask"] > 0
       outs.append(_local_rows(logits)[keep])
       labels.append(batch["label"][keep])
@@ -112,4 +95,4 @@ def build(config: ml_collections.ConfigDict, source: sources.DataSource,
     os.replace(tmp, path)
     logging.info("Backbone features of %s: %s, cached in %s.", split,
                  features[split][0].shape, path)
-  return FeatureSource(source, features, shard)
+  return exp.with_features(FeatureSource(exp.source, features, shard))

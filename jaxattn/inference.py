@@ -18,8 +18,10 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
-from jaxattn import checkpointing, steps
+from jaxattn import checkpointing, experiment, losses
 from jaxattn.data import pipeline
+from jaxattn.models import (ModelInterface, get_interface, interface,
+                            known_models)
 
 PyTree = Any
 
@@ -45,8 +47,25 @@ class Run:
     return names + [str(i) for i in range(len(names), self.config.num_classes)]
 
   @property
-  def loss_spec(self) -> steps.LossSpec:
-    return steps.LossSpec.from_config(self.config)
+  def loss_spec(self) -> losses.LossSpec:
+    name = self.config.model.name
+    # A Run may wrap an unregistered module (tests, notebooks): defaults.
+    interface = (get_interface(name) if name in known_models()
+                 else ModelInterface())
+    return interface.loss_spec(self.config)
+
+
+def start_command(argv: Sequence[str], usage: str) -> None:
+  """What predict and explain do first: quiet Orbax's INFO lines (unless
+  --verbosity is given), a JAX device per core on CPU as main.py, and a
+  usage error without a workdir."""
+  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
+  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
+  cpu_defaults.configure()
+  if len(argv) < 2:
+    raise app.UsageError(f"Usage: {usage}")
 
 
 def load_run(workdir: str, checkpoint: str = "best") -> Run:
@@ -55,7 +74,6 @@ def load_run(workdir: str, checkpoint: str = "best") -> Run:
   'best' falls back to the latest checkpoint when the run kept no best one
   (training without a validation split), since that is then the only model.
   """
-  from jaxattn import api  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   if not os.path.isdir(workdir):
     raise InputError(f"Workdir {workdir} does not exist. Pass the --workdir "
@@ -65,36 +83,27 @@ def load_run(workdir: str, checkpoint: str = "best") -> Run:
     raise InputError(
         f"{workdir} has no {checkpointing.CONFIG_FILE}: it is not a jaxattn "
         "workdir. Pass the --workdir of a training run.")
-  if checkpointing.load_config(workdir).model.name == "hybrid_head":
+  exp = experiment.Experiment.for_workdir(workdir)
+  if exp.input_kind != interface.INPUT_IMAGES:
     raise InputError(
-        f"{workdir} trained 'hybrid_head', which classifies cached backbone "
-        "logits, not images; predict and explain need a model that takes "
-        "images ('hybrid').")
+        f"{workdir} trained {exp.config.model.name!r}, which classifies "
+        f"{exp.input_kind} (cached backbone logits), not images; predict and "
+        "explain need a model that takes images (e.g. 'hybrid').")
   ckpt = checkpointing.RunCheckpoints(workdir, read_only=True)
   try:
-    latest, best = ckpt.latest_step(), ckpt.best_step()
-  finally:
-    ckpt.close()
-  if latest is None and best is None:
-    raise InputError(
-        f"{workdir} holds no checkpoint yet: train first (python main.py "
-        f"--config=... --workdir={workdir}) or wait for the first epoch to "
-        "end.")
-  which: str | int = checkpoint
-  if checkpoint == "best" and best is None:
-    which = "latest"
-  elif checkpoint not in ("best", "latest"):
-    try:
-      which = int(checkpoint)
-    except ValueError:
-      raise InputError(f"--checkpoint={checkpoint!r} is neither 'best', "
-                       "'latest' nor a step number.") from None
-  try:
-    model, variables, config = api.load(workdir, step=which)
+    if ckpt.latest_step() is None and ckpt.best_step() is None:
+      raise InputError(
+          f"{workdir} holds no checkpoint yet: train first (python main.py "
+          f"--config=... --workdir={workdir}) or wait for the first epoch to "
+          "end.")
+    state, _, step = exp.restore(checkpoint, checkpoints=ckpt,
+                                 best_or_latest=True)
   except checkpointing.CheckpointError as e:
     raise InputError(str(e)) from None
-  step = {"best": best, "latest": latest}.get(which, which)
-  return Run(model, variables, config, int(step))
+  finally:
+    ckpt.close()
+  return Run(exp.model, jax.device_get(state.variables()), exp.config,
+             int(step))
 
 
 def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
@@ -131,7 +140,7 @@ def label_from_path(path: str, class_names: Sequence[str]) -> int | None:
   return list(class_names).index(parent) if parent in class_names else None
 
 
-def output_logits(model_output: Any, loss_spec: steps.LossSpec) -> jax.Array:
+def output_logits(model_output: Any, loss_spec: losses.LossSpec) -> jax.Array:
   """The logits metrics use: the metric output of a dict, log-probabilities
   for softmax outputs (so softmax of them gives back the probabilities)."""
   if isinstance(model_output, dict):

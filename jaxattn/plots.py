@@ -21,14 +21,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxattn import parallel, steps
+from jaxattn import losses, parallel
 from jaxattn.data import pipeline
 
 CURVES_FILE = "curves.png"
@@ -201,14 +199,14 @@ def curves_figure(scalars: dict[str, tuple[np.ndarray, np.ndarray]], *,
 # ----------------------------------------------------------------------------
 # Confusion matrix.
 # ----------------------------------------------------------------------------
-def _confusion_step(variables, batch, *, model, loss_spec: steps.LossSpec,
+def _confusion_step(variables, batch, *, apply, loss_spec: losses.LossSpec,
                     num_rows: int) -> jax.Array:
   """[num_rows, num_rows + 1] counts of (label, prediction) in one batch.
 
   Predictions of outputs beyond the dataset's classes (seed 001 keeps 1000
   logits for 10 classes) land in the last column; padding has mask 0.
   """
-  output = model.apply(variables, batch["image"], train=False)
+  output = apply(variables, batch["image"])
   if isinstance(output, dict):
     output = output[loss_spec.metric_output]
   predictions = jnp.minimum(jnp.argmax(loss_spec.as_logits(output), -1),
@@ -218,24 +216,22 @@ def _confusion_step(variables, batch, *, model, loss_spec: steps.LossSpec,
       batch["mask"].astype(jnp.int32))
 
 
-def confusion_counts(variables, model, source, split: str,
-                     config: ml_collections.ConfigDict, mesh: Mesh,
-                     shard: pipeline.ProcessShard) -> np.ndarray:
+def confusion_counts(exp, variables, split: str) -> np.ndarray:
   """[classes, classes + 1] counts over every example of `split` once.
 
   Rows are true classes, columns predicted ones (+ "other"). Every process
-  runs it: the batch is sharded over the mesh like evaluation's, the counts
-  come back replicated.
+  runs it: the batch is sharded over the experiment's mesh like
+  evaluation's, the counts come back replicated.
   """
+  config = exp.config
   num_rows = len(config.class_names) or config.num_classes
   count = jax.jit(functools.partial(
-      _confusion_step, model=model, loss_spec=steps.LossSpec.from_config(config),
-      num_rows=num_rows), out_shardings=parallel.replicated(mesh))
-  ds, _ = pipeline.create_eval_dataset(source, split, config, shard=shard)
-  sharding = parallel.batch_sharded(mesh)
+      _confusion_step, apply=exp.apply, loss_spec=exp.loss_spec,
+      num_rows=num_rows), out_shardings=parallel.replicated(exp.mesh))
+  ds, _ = exp.eval_dataset(split)
   total = np.zeros((num_rows, num_rows + 1), np.int64)
   for batch in pipeline.as_numpy(ds):
-    counts = count(variables, parallel.global_batch(batch, sharding))
+    counts = count(variables, parallel.global_batch(batch, exp.batch_sharding))
     # Replicated: every process holds the whole sum locally.
     total += np.asarray(counts.addressable_data(0))
   return total
@@ -279,9 +275,7 @@ def confusion_figure(counts: np.ndarray, class_names: Sequence[str], *,
 # ----------------------------------------------------------------------------
 # What training and evaluation call.
 # ----------------------------------------------------------------------------
-def write_run_report(workdir: str, config: ml_collections.ConfigDict,
-                     variables: Any, model, source, mesh: Mesh,
-                     eval_shard: pipeline.ProcessShard, writer: Any,
+def write_run_report(exp, workdir: str, variables: Any, writer: Any,
                      step: int, *, split: str | None = None,
                      confusion_file: str = CONFUSION_FILE,
                      image_prefix: str = "") -> dict[str, str]:
@@ -294,10 +288,10 @@ def write_run_report(workdir: str, config: ml_collections.ConfigDict,
   "curves" / "confusion_matrix". Returns {"curves": path, "confusion": path}
   of what was written.
   """
+  config = exp.config
   if split is None:
     split = config.test_split or config.val_split
-  counts = (confusion_counts(variables, model, source, split, config, mesh,
-                             eval_shard) if split else None)
+  counts = confusion_counts(exp, variables, split) if split else None
   if jax.process_index() != 0:
     return {}
   written, images = {}, {}

@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app, flags, logging
+from absl import app, flags
 import jax
 
 
@@ -63,14 +63,9 @@ def format_text(results: list[dict[str, Any]]) -> str:
 
 
 def main(argv):
-  if not flags.FLAGS["verbosity"].present:  # Orbax's INFO lines drown results.
-    logging.set_verbosity(logging.WARNING)
-  from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
-  cpu_defaults.configure()  # As main.py: a JAX device per core on CPU.
-  if len(argv) < 2:
-    raise app.UsageError("Usage: python -m jaxattn.predict WORKDIR FILE "
-                         "[FILE ...] [--top_k=5] [--json]")
   from jaxattn import inference  # pylint: disable=g-import-not-at-top
+  inference.start_command(argv, "python -m jaxattn.predict WORKDIR FILE "
+                          "[FILE ...] [--top_k=5] [--json]")
   try:
     results = predict_files(argv[1], argv[2:], top_k=flags.FLAGS.top_k,
                             checkpoint=flags.FLAGS.checkpoint)

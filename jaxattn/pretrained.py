@@ -31,7 +31,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from jaxattn.models import hybrid
+from jaxattn import weights
 
 PyTree = Any
 
@@ -93,11 +93,14 @@ def _is_variables_file(flat: dict[str, np.ndarray]) -> bool:
 
 
 def load(config: ml_collections.ConfigDict, params: PyTree,
-         batch_stats: PyTree | None = None) -> tuple[PyTree, PyTree]:
+         batch_stats: PyTree | None = None, *, interface=None
+         ) -> tuple[PyTree, PyTree]:
   """Returns ``(params, batch_stats)`` with the pretrained part replaced.
 
   Host NumPy arrays in the targets' dtypes; ``batch_stats`` is returned as
-  given when the file has none (vit_jax and params-only files).
+  given when the file has none (vit_jax and params-only files). A plain
+  ``.npz`` goes to the model interface's ``import_npz`` (default: the
+  registered model's), which knows where it belongs (the hybrid's backbone).
   """
   check(config)
   batch_stats = {} if batch_stats is None else batch_stats
@@ -111,80 +114,37 @@ def load(config: ml_collections.ConfigDict, params: PyTree,
       with open(record_path) as f:
         record = json.load(f)
     return _load_variables(config, npz_path, flat, record, params, batch_stats)
-  if config.model.name == "hybrid":
-    params = dict(params)
-    params["backbone"] = hybrid.load_vit_npz(npz_path, params["backbone"])
-    return params, batch_stats
-  # Any other model: an .npz of '/'-joined paths covering all its params.
-  flat = {tuple(k.split("/")): v for k, v in flat.items()}
-  target = traverse_util.flatten_dict(params)
-  missing = sorted("/".join(k) for k in set(target) - set(flat))
-  unexpected = sorted("/".join(k) for k in set(flat) - set(target))
-  wrong = sorted(f"{'/'.join(k)}: file {flat[k].shape} vs model "
-                 f"{tuple(target[k].shape)}" for k in set(flat) & set(target)
-                 if flat[k].shape != tuple(target[k].shape))
-  if missing or unexpected or wrong:
-    raise ValueError(
-        f"config.init_from={config.init_from!r} does not fit model "
-        f"{config.model.name!r}: missing {missing}, unexpected {unexpected}, "
-        f"wrong shapes {wrong}.")
-  return traverse_util.unflatten_dict(
-      {k: flat[k].astype(target[k].dtype) for k in target}), batch_stats
-
-
-def key_listing(names, limit: int = 40) -> str:
-  """Indented lines naming the keys of a mismatch report (at most `limit`)."""
-  names = list(names)
-  text = "".join(f"\n    {n}" for n in names[:limit])
-  return text + (f"\n    ... and {len(names) - limit} more"
-                 if len(names) > limit else "")
+  if interface is None:
+    from jaxattn.models import get_interface  # pylint: disable=g-import-not-at-top
+    interface = get_interface(config.model.name)
+  return interface.import_npz(config, flat, params, npz_path), batch_stats
 
 
 def _load_variables(config, npz_path, flat, record, params, batch_stats):
   """A converter's variables.npz: params and batch_stats, checked together."""
-  target = {}
-  for collection, tree in (("params", params), ("batch_stats", batch_stats)):
-    for path, value in traverse_util.flatten_dict(dict(tree or {})).items():
-      target["/".join((collection, *path))] = value
-  kept = set(record["kept_at_init"]) if record else set()
-  missing = sorted(set(target) - set(flat) - kept)
-  unexpected = sorted(set(flat) - set(target))
-  stale = sorted(kept - set(target))
-  wrong = sorted(f"{k}: file {flat[k].shape}, model {tuple(target[k].shape)}"
-                 for k in set(flat) & set(target)
-                 if flat[k].shape != tuple(target[k].shape))
-  if missing or unexpected or stale or wrong:
-    lines = [f"config.init_from={config.init_from!r} does not fit model "
-             f"{config.model.name!r} ({len(flat)} variables in {npz_path}, "
-             f"{len(target)} in the model)."]
-    if missing:
-      lines.append(f"  Missing from the file ({len(missing)}):"
-                   f"{key_listing(missing)}")
-      if not record:
-        lines.append(f"  (No {CONVERSION_FILE} beside the file: a partial "
-                     "import needs one listing the variables that stay at "
-                     "their initialisation; from-torch writes it.)")
-    if unexpected:
-      lines.append(f"  Unexpected in the file ({len(unexpected)}):"
-                   f"{key_listing(unexpected)}")
-    if stale:
-      lines.append(f"  Listed as kept at init in {CONVERSION_FILE} but not "
-                   f"in the model ({len(stale)}):{key_listing(stale)}")
-    if wrong:
-      lines.append(f"  Shape mismatches ({len(wrong)}):{key_listing(wrong)}")
-    if record:
-      lines.append(f"The file was converted from {record.get('source')} "
-                   f"(layout {record.get('layout')!r}) for model "
-                   f"{record.get('model')} with {record.get('num_classes')} "
-                   f"classes at {record.get('image_size')} px; convert it "
-                   f"again with this run's config: {_FROM_TORCH}")
-    raise ValueError("\n".join(lines))
-  out = {c: {} for c in _COLLECTIONS}
-  for key, value in target.items():
-    collection, path = key.split("/", 1)
-    new = flat[key].astype(value.dtype) if key in flat else np.asarray(value)
-    out[collection][tuple(path.split("/"))] = new
-  new_params = traverse_util.unflatten_dict(out["params"])
-  new_stats = (traverse_util.unflatten_dict(out["batch_stats"])
-               if out["batch_stats"] else batch_stats)
-  return new_params, new_stats
+  target = traverse_util.flatten_dict(
+      {"params": params, "batch_stats": batch_stats}, sep="/")
+
+  def notes(mismatch: weights.Mismatch) -> list[str]:
+    if not record and mismatch.missing:
+      return [f"  (No {CONVERSION_FILE} beside the file: a partial import "
+              "needs one listing the variables that stay at their "
+              "initialisation; from-torch writes it.)"]
+    if not record:
+      return []
+    return [f"Its {CONVERSION_FILE} says it was converted from "
+            f"{record.get('source')} (layout {record.get('layout')!r}) for "
+            f"model {record.get('model')} with {record.get('num_classes')} "
+            f"classes at {record.get('image_size')} px; convert it again with "
+            f"this run's config: {_FROM_TORCH}"]
+
+  matched = weights.match_arrays(
+      target, flat, kept_at_init=record["kept_at_init"] if record else (),
+      header=weights.init_from_header(config.init_from, config.model.name,
+                                      npz_path, len(flat), len(target)),
+      hints=notes)
+  # Variables kept at init keep the values they came with.
+  loaded = traverse_util.unflatten_dict(
+      {k: matched.get(k, np.asarray(v)) for k, v in target.items()}, sep="/")
+  return (loaded.get("params", {}),
+          loaded.get("batch_stats", batch_stats))

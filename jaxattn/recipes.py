@@ -45,7 +45,7 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.augment.rand_augment_ops, c.augment.rand_augment_magnitude = 1, 8
   c.augment.color_jitter = (0.1, 0.1, 0.1)
   c.augment.random_erasing = 0.25
-  c.model = dict(name="conv_vit", patch_size=2, embedding_dim=32, depth=4,
+  c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
                  head_channels=8, mlp_ratio=4)
   c.num_epochs = 25
   c.batch_size, c.eval_batch_size = 128, 64
@@ -195,7 +195,7 @@ def shrink_hybrid_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
   """A tiny backbone at 32 px, random weights (no checkpoint offline)."""
   shrink_for_smoke(c, dataset)
   c.image_size = (32, 32)
-  c.model.update(dict(patch_size=8, hidden_size=16, depth=1, num_heads=2,
+  c.model.update(dict(patch_size=8, hidden_dim=16, depth=1, num_heads=2,
                       mlp_dim=32))
   c.pretrained_required = False
 

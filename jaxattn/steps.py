@@ -13,7 +13,6 @@
 """
 
 
-import dataclasses
 import functools
 from typing import Any
 
@@ -25,6 +24,7 @@ import optax
 from clu import metrics
 from jax.sharding import Mesh, PartitionSpec as P
 
+from jaxattn.losses import LossSpec
 from jaxattn.parallel import DATA_AXIS
 
 PyTree = Any
@@ -50,12 +50,41 @@ def variables_of(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
   return variables
 
 
+# No step can be this late: "no non-finite loss yet".
+_NEVER = jnp.iinfo(jnp.int32).max
+
+
+@flax.struct.dataclass
+class FirstNonFiniteStep(metrics.Metric):
+  """The first step (1-based, as the loop counts) whose loss was NaN or inf.
+
+  Kept on device and merged with ``min`` like the other metrics, so the loop
+  learns which step went bad when it pulls metrics anyway, without a host
+  sync per step. ``compute()`` is 0 when every loss was finite.
+  """
+
+  step: jax.Array
+
+  @classmethod
+  def from_model_output(cls, *, loss: jax.Array, step: jax.Array,
+                        **_) -> "FirstNonFiniteStep":
+    finite = jnp.all(jnp.isfinite(loss))
+    return cls(step=jnp.where(finite, _NEVER, step).astype(jnp.int32))
+
+  def merge(self, other: "FirstNonFiniteStep") -> "FirstNonFiniteStep":
+    return type(self)(step=jnp.minimum(self.step, other.step))
+
+  def compute(self) -> jax.Array:
+    return jnp.where(self.step == _NEVER, 0, self.step)
+
+
 @flax.struct.dataclass
 class TrainMetrics(metrics.Collection):
   loss: metrics.Average.from_output("loss")
   accuracy: metrics.Average.from_output("top1")
   top5_accuracy: metrics.Average.from_output("top5")
   learning_rate: metrics.LastValue.from_output("learning_rate")
+  first_nonfinite_step: FirstNonFiniteStep
 
 
 @flax.struct.dataclass
@@ -67,10 +96,14 @@ class EvalMetrics(metrics.Collection):
 
 def create_train_state(rng: jax.Array, *, model: nn.Module,
                        tx: optax.GradientTransformation,
-                       image_shape: tuple[int, int, int]) -> TrainState:
-  """Initial state; jit it with out_shardings to create it already sharded."""
+                       input_shape: tuple[int, ...]) -> TrainState:
+  """Initial state; jit it with out_shardings to create it already sharded.
+
+  ``input_shape`` is one example of what ``model.__call__`` takes (an image
+  for most models; see ``ModelInterface.init_shape``).
+  """
   init_rng, state_rng = jax.random.split(rng)
-  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  dummy = jnp.zeros((1, *input_shape), jnp.float32)
   variables = model.init({"params": init_rng, "dropout": init_rng}, dummy,
                          train=False)
   params = variables["params"]
@@ -79,76 +112,9 @@ def create_train_state(rng: jax.Array, *, model: nn.Module,
                     opt_state=tx.init(params), rng=state_rng)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossSpec:
-  """How model outputs become a loss and the metrics' logits.
-
-  A model returns logits, or a dict of named outputs (seed 000's hybrid
-  returns the probabilities of two heads and their average). For a dict, the
-  loss is sum(weight * cross-entropy) over ``output_weights`` and metrics use
-  ``metric_output``. ``probabilities`` means outputs are softmax outputs:
-  their clipped logarithm serves as logits (Keras' categorical cross-entropy
-  on probabilities clips to [1e-7, 1 - 1e-7] the same way).
-  """
-
-  label_smoothing: float = 0.0
-  output_weights: tuple[tuple[str, float], ...] = ()
-  metric_output: str = ""
-  probabilities: bool = False
-
-  @classmethod
-  def from_config(cls, config) -> "LossSpec":
-    return cls(label_smoothing=config.label_smoothing,
-               output_weights=tuple(sorted(dict(config.loss_weights).items())),
-               metric_output=config.metric_output,
-               probabilities=config.model_outputs == "probabilities")
-
-  def as_logits(self, output: jax.Array) -> jax.Array:
-    output = output.astype(jnp.float32)
-    if self.probabilities:
-      return jnp.log(jnp.clip(output, 1e-7, 1.0 - 1e-7))
-    return output
-
-  def per_example(self, model_output, labels: jax.Array
-                  ) -> dict[str, jax.Array]:
-    """Per-example loss and top-1/top-5 hits."""
-    if not isinstance(model_output, dict):
-      return per_example_outputs(self.as_logits(model_output), labels,
-                                 self.label_smoothing)
-    missing = [k for k, _ in self.output_weights if k not in model_output]
-    if missing or self.metric_output not in model_output:
-      raise ValueError(
-          f"The model returns outputs {sorted(model_output)}; "
-          f"config.loss_weights names {[k for k, _ in self.output_weights]} "
-          f"and config.metric_output is {self.metric_output!r}.")
-    result = per_example_outputs(self.as_logits(model_output[
-        self.metric_output]), labels, self.label_smoothing)
-    result["loss"] = sum(
-        weight * per_example_outputs(self.as_logits(model_output[name]),
-                                     labels, self.label_smoothing)["loss"]
-        for name, weight in self.output_weights)
-    return result
-
-
-def per_example_outputs(logits: jax.Array, labels: jax.Array,
-                        label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """Cross-entropy and top-1/top-5 hits for each example."""
-  logits = logits.astype(jnp.float32)
-  num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
-  loss = optax.softmax_cross_entropy(logits, targets)
-  top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
-  k = min(5, num_classes)
-  _, top_k = jax.lax.top_k(logits, k)
-  top5 = jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
-  return dict(loss=loss, top1=top1, top5=top5)
-
-
 def _update(state: TrainState, batch: Batch, *, model: nn.Module,
             tx: optax.GradientTransformation, loss_spec: LossSpec,
-            axis_name: str | None = None
+            method: str | None = None, axis_name: str | None = None
             ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; with `axis_name`, on one device's slice."""
   rng = jax.random.fold_in(state.rng, state.step)
@@ -158,7 +124,8 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
 
   def loss_fn(params):
     out = model.apply(variables_of(params, state.batch_stats), batch["image"],
-                      train=True, mutable=mutable, rngs={"dropout": rng})
+                      train=True, mutable=mutable, rngs={"dropout": rng},
+                      method=method)
     model_output, new_vars = out if mutable else (out, {})
     outputs = loss_spec.per_example(model_output, batch["label"])
     return outputs["loss"].mean(), (outputs, new_vars.get("batch_stats", {}))
@@ -176,11 +143,16 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, learning_rate_fn,
-               loss_spec: LossSpec = LossSpec(), parallel: str = "jit",
-               mesh: Mesh | None = None) -> tuple[TrainState, TrainMetrics]:
-  """One step on a global batch; returns the new state and its metrics."""
+               loss_spec: LossSpec = LossSpec(), method: str | None = None,
+               parallel: str = "jit", mesh: Mesh | None = None
+               ) -> tuple[TrainState, TrainMetrics]:
+  """One step on a global batch; returns the new state and its metrics.
+
+  ``method`` is the model method that takes the batch's inputs (None:
+  ``__call__``; see ``Experiment.with_features``).
+  """
   update = functools.partial(_update, model=model, tx=tx,
-                             loss_spec=loss_spec)
+                             loss_spec=loss_spec, method=method)
   if parallel == "pmap":
     # check_vma=False gives pmap's semantics: gradients stay per device
     # until the explicit pmean. (With it on, differentiating replicated
@@ -193,13 +165,16 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
     raise ValueError(f"config.parallel must be 'jit' or 'pmap', not {parallel!r}.")
   new_state, outputs = update(state, batch)
   step_metrics = TrainMetrics.single_from_model_output(
-      learning_rate=learning_rate_fn(state.step), **outputs)
+      learning_rate=learning_rate_fn(state.step), step=state.step + 1,
+      **outputs)
   return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module,
-              loss_spec: LossSpec = LossSpec()) -> EvalMetrics:
+              loss_spec: LossSpec = LossSpec(), method: str | None = None
+              ) -> EvalMetrics:
   """Metrics of one padded batch; examples with mask 0 do not count."""
-  output = model.apply(state.variables(), batch["image"], train=False)
+  output = model.apply(state.variables(), batch["image"], train=False,
+                       method=method)
   return EvalMetrics.single_from_model_output(
       mask=batch["mask"], **loss_spec.per_example(output, batch["label"]))

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from jaxattn import bench
+from jaxattn import bench, configlib
 from tests.conftest import REPO
 
 _TRAIN_KEYS = {
@@ -32,13 +32,7 @@ def _run_bench(*args: str) -> subprocess.CompletedProcess:
 
 
 def _load_config(spec: str):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("config",
-                                                       REPO / path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  return module.get_config(arg or None)
+  return configlib.load(f"{REPO}/{spec}")
 
 
 def test_cli_train_mode_writes_every_figure(tmp_path):

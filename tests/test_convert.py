@@ -28,7 +28,7 @@ from safetensors.numpy import save_file  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 import jaxattn  # noqa: E402
-from jaxattn import convert, pretrained, train  # noqa: E402
+from jaxattn import convert, experiment, pretrained, train, weights  # noqa: E402
 from jaxattn.convert import __main__ as cli  # noqa: E402
 from jaxattn.models import create_model  # noqa: E402
 from jaxattn.torch_models import create_torch_model  # noqa: E402
@@ -137,7 +137,7 @@ def test_trained_run_converts_to_torch_with_the_same_outputs(
   _, variables, config = jaxattn.load(workdir)
   with config.unlocked():
     config.compute_dtype = "float32"  # Compare in fp32 (seed 004 trains bf16).
-  flax_model = train.build_model(config)
+  flax_model = experiment.build_model(config)
   model = convert.torch_model_for(workdir).eval()
   assert convert.check_numerics(model, convert.get_layout(arch)) == []
   state_dict = load_file(out)
@@ -442,7 +442,7 @@ def test_bad_torch_files_are_named(damage, torchvision_r50, tmp_path):
 def _tiny_vit(image_size):
   from jaxattn.torch_models.hybrid import VisionTransformer  # pylint: disable=g-import-not-at-top
   torch.manual_seed(image_size)
-  return VisionTransformer(patch_size=8, hidden_size=16, depth=1, num_heads=2,
+  return VisionTransformer(patch_size=8, hidden_dim=16, depth=1, num_heads=2,
                            mlp_dim=32, image_size=image_size).eval()
 
 
@@ -477,11 +477,10 @@ def test_timm_export_and_import_with_posemb_resize(trained, tmp_path, capsys):
   imported, record = _variables_dir(tmp_path / "h")
   assert all(k.split("/")[1] == "fusion" for k in record["kept_at_init"])
   assert "params/fusion/dense2w/kernel" in record["kept_at_init"]
-  from jaxattn.models import hybrid  # pylint: disable=g-import-not-at-top
   np.testing.assert_allclose(
       imported["params"]["backbone"]["Transformer"]["posembed_input"][
           "pos_embedding"],
-      hybrid._resize_posemb(sd48["pos_embed"], 17))  # pylint: disable=protected-access
+      weights.resize_posemb(sd48["pos_embed"], 17))
   np.testing.assert_array_equal(
       imported["params"]["backbone"]["Transformer"]["encoderblock_0"][
           "MlpBlock_3"]["Dense_0"]["kernel"], sd48["blocks.0.mlp.fc1.weight"].T)

@@ -147,7 +147,7 @@ _TINY_RESNET = dict(num_classes=5, depth=50, stage_sizes=(1, 1, 1, 1),
     ("slresnet", dict(_TINY_RESNET, head="linear"), "layer4_0", None, ["fc"]),
     # The seed's three Linears without activations: one linear map.
     ("slresnet", _TINY_RESNET, "layer4_0", None, ["fc_0", "fc_2", "fc_4"]),
-    ("conv_vit", dict(num_classes=5, patch_size=2, embedding_dim=16, depth=1,
+    ("conv_vit", dict(num_classes=5, patch_size=2, hidden_dim=16, depth=1,
                       head_channels=8), "norm",
      lambda x: jax.nn.gelu(x, approximate=False), ["head"]),
 ])
@@ -229,7 +229,7 @@ def test_vit_attention_matches_the_module_and_rolls_out():
 def test_hybrid_backbone_attention_and_grad_cam_through_the_frozen_backbone():
   images = np.random.default_rng(4).normal(size=(1, 16, 16, 3)).astype(
       np.float32)
-  model = create_model("hybrid", num_classes=5, patch_size=8, hidden_size=16,
+  model = create_model("hybrid", num_classes=5, patch_size=8, hidden_dim=16,
                        depth=1, num_heads=2, mlp_dim=16)
   run = _run(model, images, name="hybrid", metric_output="average",
              model_outputs="probabilities",
@@ -254,7 +254,7 @@ def test_hybrid_backbone_attention_and_grad_cam_through_the_frozen_backbone():
 def test_methods_that_do_not_apply_say_what_does():
   images = np.zeros((1, 16, 16, 3), np.float32)
   run = _run(create_model("conv_vit", num_classes=5, patch_size=2,
-                          embedding_dim=16, depth=1, head_channels=8), images,
+                          hidden_dim=16, depth=1, head_channels=8), images,
              name="conv_vit")
   assert explain.supported_methods(run) == ["cam", "gradcam"]
   with pytest.raises(InputError, match="mixes channels.*--method=cam or "

@@ -1,4 +1,4 @@
-"""jaxattn.models.fast_ops.conv2d and torch_layers.Conv2d: the space-to-depth
+"""jaxattn.models.fast_ops.conv2d and layers.Conv2d: the space-to-depth
 form of strided convolutions equals XLA's convolution, forward and backward,
 and the layer has nn.Conv's parameters, init and outputs."""
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxattn.models import fast_ops, torch_layers
+from jaxattn.models import fast_ops, layers
 
 
 def _lax_conv(x, kernel, strides, padding):
@@ -65,9 +65,9 @@ def test_conv2d_layer_has_nn_conv_parameters_init_and_outputs():
   x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 15, 15, 12)),
                   jnp.float32)
   kwargs = dict(strides=(2, 2), padding=((2, 2), (2, 2)),
-                kernel_init=torch_layers.kernel_init,
-                bias_init=torch_layers.bias_init(432), name="conv_4")
-  ours = torch_layers.Conv2d(24, (6, 6), **kwargs)
+                kernel_init=layers.kernel_init,
+                bias_init=layers.bias_init(432), name="conv_4")
+  ours = layers.Conv2d(24, (6, 6), **kwargs)
   flax_conv = nn.Conv(24, (6, 6), **kwargs)
   ours_vars = ours.init(jax.random.key(3), x)
   flax_vars = flax_conv.init(jax.random.key(3), x)
@@ -79,12 +79,12 @@ def test_conv2d_layer_has_nn_conv_parameters_init_and_outputs():
                                flax_conv.apply(flax_vars, x), atol=2e-6)
 
 
-def test_torch_layers_conv_keeps_grouped_convs_as_nn_conv():
-  grouped = torch_layers.conv(8, (3, 3), 9, "g", jnp.float32,
-                              padding=((1, 1), (1, 1)), feature_group_count=4)
-  plain = torch_layers.conv(8, (1, 1), 4, "p", jnp.float32)
+def test_layers_conv_keeps_grouped_convs_as_nn_conv():
+  grouped = layers.conv(8, (3, 3), 9, "g", jnp.float32,
+                        padding=((1, 1), (1, 1)), feature_group_count=4)
+  plain = layers.conv(8, (1, 1), 4, "p", jnp.float32)
   assert isinstance(grouped, nn.Conv)
-  assert isinstance(plain, torch_layers.Conv2d) and plain.padding == (
+  assert isinstance(plain, layers.Conv2d) and plain.padding == (
       (0, 0), (0, 0))
 
 
@@ -112,7 +112,7 @@ def test_max_pool_gradient_goes_where_xla_routes_it(shape):
 def test_batch_norm_layer_is_nn_batch_norm_with_its_gradients():
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.standard_normal((8, 5, 5, 6)) * 3 + 1, jnp.float32)
-  ours = torch_layers.BatchNorm(use_running_average=False)
+  ours = layers.BatchNorm(use_running_average=False)
   flax_bn = nn.BatchNorm(use_running_average=False, momentum=0.9, epsilon=1e-5)
   variables = flax_bn.init(jax.random.key(0), x)
   assert jax.tree.structure(ours.init(jax.random.key(0), x)) == (
@@ -133,7 +133,7 @@ def test_batch_norm_layer_is_nn_batch_norm_with_its_gradients():
   for a, b in zip(jax.tree.leaves((stats_ours, grads_ours)),
                   jax.tree.leaves((stats_flax, grads_flax))):
     np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
-  eval_bn = torch_layers.BatchNorm(use_running_average=True)
+  eval_bn = layers.BatchNorm(use_running_average=True)
   flax_eval = nn.BatchNorm(use_running_average=True, epsilon=1e-5)
   trained = {"params": variables["params"], **stats_flax}
   np.testing.assert_array_equal(eval_bn.apply(trained, x),

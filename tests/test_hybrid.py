@@ -23,7 +23,7 @@ from jaxattn.models.hybrid import (BottleneckRefinement, Hybrid,
                                    HybridFusionHead, ViTBackbone,
                                    channel_shuffle, load_vit_npz)
 
-_TINY_BACKBONE = dict(patch_size=8, hidden_size=16, depth=2, num_heads=2,
+_TINY_BACKBONE = dict(patch_size=8, hidden_dim=16, depth=2, num_heads=2,
                       mlp_dim=32)
 _TINY_IMAGES = (2, 32, 32, 3)
 
@@ -556,7 +556,7 @@ def test_npz_posemb_for_another_resolution_is_resized(tmp_path, tiny_target):
   # linear in (row, col), which order-1 zoom with corner alignment (vit_jax's
   # scipy.ndimage.zoom) keeps exactly linear on the new grid.
   tensors = _tiny_npz_tensors(image_size=48)
-  d = _TINY_BACKBONE["hidden_size"]
+  d = _TINY_BACKBONE["hidden_dim"]
   rng = np.random.default_rng(5)
   a, b, c = rng.normal(size=(3, d))
   rows, cols = np.meshgrid(np.arange(6.0), np.arange(6.0), indexing="ij")

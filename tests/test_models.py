@@ -212,7 +212,7 @@ def _seed002_forward(params, x, num_heads):
 
 
 # Tiny, non-square configs: a row/column mix-up in the token order shows up.
-_TINY_CONV_VIT = dict(num_classes=5, patch_size=2, embedding_dim=16, depth=2,
+_TINY_CONV_VIT = dict(num_classes=5, patch_size=2, hidden_dim=16, depth=2,
                       head_channels=4, mlp_ratio=2)
 _TINY_VIT = dict(num_classes=7, patch_size=4, hidden_dim=16, depth=2,
                  num_heads=2, mlp_dim=24)
@@ -301,7 +301,7 @@ def test_conv_vit_attention_columns_sum_to_one():
   _, (_, state) = _init_and_apply(
       ConvViT(**_TINY_CONV_VIT), _images(), mutable=("intermediates",))
   (attention,) = state["intermediates"]["layers_0"]["attn"]["attention"]
-  heads = _TINY_CONV_VIT["embedding_dim"] // _TINY_CONV_VIT["head_channels"]
+  heads = _TINY_CONV_VIT["hidden_dim"] // _TINY_CONV_VIT["head_channels"]
   hc = _TINY_CONV_VIT["head_channels"]
   assert attention.shape == (_TINY_IMAGES[0], heads, hc, hc)
   # The seed's softmax(dim=-2): over the query channel i, so columns sum to 1

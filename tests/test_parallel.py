@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from jaxattn import configlib, optim, parallel, steps, train
+from jaxattn import configlib, experiment, optim, parallel, steps
 
 NUM_DEVICES = 4
 
@@ -30,13 +30,13 @@ def _train(config, batches):
   """(state, shardings) after a few steps on `batches`."""
   assert jax.device_count() == NUM_DEVICES
   mesh = parallel.create_mesh()
-  model = train.build_model(config)
+  model = experiment.build_model(config)
   lr_fn = optim.create_learning_rate_fn(config, 10, 10)
   tx = optim.create_optimizer(config, lr_fn)
-  abstract = train.abstract_train_state(config, model, tx, mesh)
-  shardings = jax.tree.map(lambda x: x.sharding, abstract)
+  exp = experiment.Experiment(config, data="none")
+  shardings = exp.state_sharding
   init = jax.jit(functools.partial(steps.create_train_state, model=model,
-                                   tx=tx, image_shape=(16, 16, 1)),
+                                   tx=tx, input_shape=(16, 16, 1)),
                  out_shardings=shardings)
   state = init(jax.random.key_data(jax.random.key(0)))
   step_fn = jax.jit(functools.partial(
@@ -110,8 +110,5 @@ def test_rules_pick_the_first_match_and_bad_rules_are_explained():
 
 def test_pmap_form_refuses_sharded_state():
   config = _config(((".*", "fsdp"),), parallel_form="pmap")
-  model = train.build_model(config)
-  tx = optim.create_optimizer(config, optim.create_learning_rate_fn(
-      config, 10, 10))
   with pytest.raises(ValueError, match="parallel=jit with FSDP"):
-    train.abstract_train_state(config, model, tx, parallel.create_mesh())
+    experiment.Experiment(config, data="none")

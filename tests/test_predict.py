@@ -14,7 +14,8 @@ from clu import metric_writers
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
-from jaxattn import checkpointing, evaluate, explain, inference, parallel, plots, predict, train
+from jaxattn import (checkpointing, configlib, evaluate, experiment, explain,
+                     inference, parallel, plots, predict, train)
 from jaxattn.data import pipeline
 from tests.conftest import REPO, once_per_process
 
@@ -25,12 +26,7 @@ _DIGITS = 4  # Test-split digits written as PNG files.
 
 
 def _load_config(arg="smoke"):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", REPO / "configs" / "quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load(f"{REPO}/configs/quickstart.py:{arg}")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +44,7 @@ def digit_files(workdir, tmp_path_factory):
   """The first test digits as PNGs in <class>/ folders, and the same images
   as the evaluation pipeline gives them."""
   config = checkpointing.load_config(str(workdir))
-  source = train.get_source(config)
+  source = experiment.get_source(config)
   ds, _ = pipeline.create_eval_dataset(
       source, "test", config, shard=pipeline.ProcessShard(0, 1, _DIGITS))
   batch = next(pipeline.as_numpy(ds))
@@ -151,14 +147,12 @@ def test_command_lines(workdir, digit_files, tmp_path):
 def test_run_report_writes_curves_and_a_sharded_confusion_matrix(workdir):
   run = inference.load_run(str(workdir), "latest")
   config = run.config
-  mesh = parallel.create_mesh()
-  assert mesh.size == 4  # The batch really is split (tests/conftest.py).
-  shard = pipeline.ProcessShard(0, 1, config.eval_batch_size)
-  source = train.get_source(config)
-  variables = jax.device_put(run.variables, parallel.replicated(mesh))
+  exp = experiment.Experiment(config, workdir=str(workdir))
+  assert exp.mesh.size == 4  # The batch really is split (tests/conftest.py).
+  variables = jax.device_put(run.variables, parallel.replicated(exp.mesh))
   writer = metric_writers.create_default_writer(str(workdir))
-  written = plots.write_run_report(str(workdir), config, variables, run.model,
-                                   source, mesh, shard, writer, run.step)
+  written = plots.write_run_report(exp, str(workdir), variables, writer,
+                                   run.step)
   writer.close()
   assert written == {"curves": str(workdir / plots.CURVES_FILE),
                      "confusion": str(workdir / plots.CONFUSION_FILE)}
@@ -166,8 +160,7 @@ def test_run_report_writes_curves_and_a_sharded_confusion_matrix(workdir):
     with Image.open(path) as image:
       assert image.format == "PNG" and min(image.size) > 300
 
-  counts = plots.confusion_counts(variables, run.model, source, "test",
-                                  config, mesh, shard)
+  counts = plots.confusion_counts(exp, variables, "test")
   results = json.loads((workdir / train.RESULTS_FILE).read_text())
   assert counts.sum() == results["test"]["num_examples"] == 359
   assert np.trace(counts) / counts.sum() == pytest.approx(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-from jaxattn import configlib, optim, parallel, steps
+from jaxattn import configlib, losses, optim, parallel, steps
 from jaxattn.models import create_model
 
 
@@ -16,7 +16,7 @@ def _run(mode, num_devices, model, tx, lr_fn, batches):
   mesh = Mesh(np.asarray(jax.devices()[:num_devices]), (parallel.DATA_AXIS,))
   rep, data = parallel.replicated(mesh), parallel.batch_sharded(mesh)
   init = jax.jit(functools.partial(steps.create_train_state, model=model,
-                                   tx=tx, image_shape=(8, 8, 3)),
+                                   tx=tx, input_shape=(8, 8, 3)),
                  out_shardings=rep)
   state = init(jax.random.key_data(jax.random.key(0)))
   step = jax.jit(functools.partial(steps.train_step, model=model, tx=tx,
@@ -32,7 +32,7 @@ def _run(mode, num_devices, model, tx, lr_fn, batches):
 
 def test_jit_pmap_and_single_device_agree():
   assert jax.device_count() == 4, "conftest sets 4 simulated devices"
-  model = create_model("conv_vit", num_classes=5, embedding_dim=16, depth=2,
+  model = create_model("conv_vit", num_classes=5, hidden_dim=16, depth=2,
                        head_channels=8)
   c = configlib.base_config()
   # SGD keeps reduction-order rounding linear; Adam's g/sqrt(v) would blow
@@ -57,19 +57,19 @@ def test_jit_pmap_and_single_device_agree():
   # And the parameters did move: the comparison is not vacuous.
   init_state = steps.create_train_state(
       jax.random.key_data(jax.random.key(0)), model=model, tx=tx,
-      image_shape=(8, 8, 3))
+      input_shape=(8, 8, 3))
   moved = jax.tree.map(lambda a, b: float(jnp.abs(a - b).max()),
                        single, init_state.params)
   assert max(jax.tree.leaves(moved)) > 1e-3
 
 
 def test_eval_step_ignores_padding():
-  model = create_model("conv_vit", num_classes=3, embedding_dim=8, depth=1,
+  model = create_model("conv_vit", num_classes=3, hidden_dim=8, depth=1,
                        head_channels=4)
   c = configlib.base_config()
   tx = optim.create_optimizer(c, optim.create_learning_rate_fn(c, 1, 1))
   state = steps.create_train_state(jax.random.key_data(jax.random.key(1)),
-                                   model=model, tx=tx, image_shape=(4, 4, 3))
+                                   model=model, tx=tx, input_shape=(4, 4, 3))
   rng = np.random.default_rng(1)
   images = rng.normal(size=(6, 4, 4, 3)).astype(np.float32)
   labels = rng.integers(0, 3, 6)
@@ -89,7 +89,7 @@ def test_eval_step_ignores_padding():
 def test_per_example_outputs(smoothing):
   logits = jnp.array([[2.0, 1.0, 0.0, -1.0, -2.0, -3.0],
                       [0.0, 0.0, 0.0, 0.0, 0.0, 5.0]])
-  out = steps.per_example_outputs(logits, jnp.array([1, 2]), smoothing)
+  out = losses.per_example_outputs(logits, jnp.array([1, 2]), smoothing)
   np.testing.assert_array_equal(out["top1"], [0.0, 0.0])
   np.testing.assert_array_equal(out["top5"], [1.0, 1.0])
   p = jax.nn.softmax(logits)
@@ -99,7 +99,7 @@ def test_per_example_outputs(smoothing):
 
 
 def test_frozen_params_do_not_move_and_skip_the_clip_norm():
-  model = create_model("conv_vit", num_classes=3, embedding_dim=8, depth=1,
+  model = create_model("conv_vit", num_classes=3, hidden_dim=8, depth=1,
                        head_channels=4)
   c = configlib.base_config()
   c.optimizer.name, c.optimizer.weight_decay = "adamw", 0.1
@@ -108,7 +108,7 @@ def test_frozen_params_do_not_move_and_skip_the_clip_norm():
   lr_fn = optim.create_learning_rate_fn(c, 1, 1)
   tx = optim.create_optimizer(c, lr_fn)
   state = steps.create_train_state(jax.random.key_data(jax.random.key(2)),
-                                   model=model, tx=tx, image_shape=(4, 4, 3))
+                                   model=model, tx=tx, input_shape=(4, 4, 3))
   rng = np.random.default_rng(2)
   batch = dict(image=rng.normal(size=(4, 4, 4, 3)).astype(np.float32),
                label=rng.integers(0, 3, 4))
@@ -126,7 +126,7 @@ def test_frozen_params_do_not_move_and_skip_the_clip_norm():
 
 def test_loss_spec_for_dict_outputs_of_probabilities():
   """Seed 000: weighted cross-entropy on softmax outputs, metrics on one."""
-  spec = steps.LossSpec(output_weights=(("model0", 0.75), ("vit", 0.25),
+  spec = losses.LossSpec(output_weights=(("model0", 0.75), ("vit", 0.25),
                                         ("average", 2.0)),
                         metric_output="average", probabilities=True)
   labels = jnp.array([0, 2])

@@ -34,7 +34,7 @@ from jaxattn.torch_models import TORCH_MODELS, create_torch_model  # noqa: E402
 # name -> (kwargs for both frameworks, NCHW input shape). Tiny, but every code
 # path: non-square images, several heads, every block kind.
 _TINY = {
-    "conv_vit": (dict(num_classes=5, patch_size=2, embedding_dim=16, depth=2,
+    "conv_vit": (dict(num_classes=5, patch_size=2, hidden_dim=16, depth=2,
                       head_channels=4, mlp_ratio=2), (2, 3, 8, 12)),
     "vit": (dict(num_classes=5, patch_size=4, hidden_dim=16, depth=2,
                  num_heads=2, mlp_dim=24), (2, 3, 12, 16)),
@@ -44,7 +44,7 @@ _TINY = {
                  (2, 3, 34, 40)),
     "gsop_resnet": (dict(num_classes=7, stage_sizes=(1, 1, 1, 1), width=8),
                     (2, 3, 34, 40)),
-    "hybrid": (dict(num_classes=5, patch_size=8, hidden_size=16, depth=2,
+    "hybrid": (dict(num_classes=5, patch_size=8, hidden_dim=16, depth=2,
                     num_heads=2, mlp_dim=32), (2, 3, 32, 32)),
     "hybrid_head": (dict(num_classes=5), (2, 1000)),
 }

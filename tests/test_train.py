@@ -4,18 +4,13 @@ import os
 
 import pytest
 
-from jaxattn import checkpointing, train
+from jaxattn import checkpointing, configlib, train
 from jaxattn.data import sources
 from tests.conftest import REPO
 
 
 def _smoke_config():
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(
-      "quickstart", REPO / "configs" / "quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+  return configlib.load(f"{REPO}/configs/quickstart.py:smoke")
 
 
 @pytest.mark.parametrize("key,value,error,match", [
@@ -43,7 +38,8 @@ def test_bad_input_is_reported(tmp_path, key, value, error, match):
 
 def test_unknown_model_option(tmp_path):
   config = _smoke_config()
-  config.model.hidden = 3
+  with config.unlocked():  # As a config file with a stray model option.
+    config.model.hidden = 3
   with pytest.raises(ValueError, match=r"no option\(s\) \['hidden'\].*hidden_dim"):
     train.train_and_evaluate(config, str(tmp_path))
 
@@ -78,12 +74,7 @@ def test_early_stopping_stops_when_validation_stalls(tmp_path):
 
 
 def _load_config(name, arg):
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" /
-                                                f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return configlib.load(f"{REPO}/configs/{name}.py:{arg}")
 
 
 def test_hybrid_starts_from_npz_and_keeps_the_backbone_frozen(tmp_path):
@@ -95,7 +86,7 @@ def test_hybrid_starts_from_npz_and_keeps_the_backbone_frozen(tmp_path):
 
   config = _load_config("cifar10_hybrid", "smoke")
   backbone = hybrid.ViTBackbone(**{k: config.model[k] for k in (
-      "patch_size", "hidden_size", "depth", "num_heads", "mlp_dim")})
+      "patch_size", "hidden_dim", "depth", "num_heads", "mlp_dim")})
   params = backbone.init(jax.random.key(7), np.zeros((1, 32, 32, 3)))["params"]
   flat = {"/".join(k): np.asarray(v) + 0.5  # Distinct from any init.
           for k, v in traverse_util.flatten_dict(params).items()}
@@ -154,3 +145,22 @@ def test_feature_cache_refuses_augmented_inputs(tmp_path):
   config.cache_backbone_features = True
   with pytest.raises(ValueError, match="augments them"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_a_non_finite_loss_stops_the_run_and_keeps_its_checkpoints(tmp_path):
+  from jaxattn import periodic  # pylint: disable=g-import-not-at-top
+
+  config = _smoke_config()
+  config.num_epochs, config.batch_size = 2, 64  # 20 steps an epoch.
+  config.log_every_steps = 50  # The guard also runs where nothing is logged.
+  # Epoch 1 trains normally (and is saved as latest and best); update 21
+  # (epoch 1.05) has an infinite learning rate, so step 22's loss is NaN.
+  config.schedule.name = "piecewise_linear"
+  config.schedule.knots = ((0.0, 1e-3), (1.02, 1e-3), (1.03, float("inf")))
+  with pytest.raises(periodic.NonFiniteLossError,
+                     match=r"NaN or inf at step 22 \(checked steps 21-40\).*"
+                     r"last checkpoint is step 20 \(best: 20\)"):
+    train.train_and_evaluate(config, str(tmp_path))
+  for directory in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
+    assert os.listdir(tmp_path / directory) == ["20"]
+  assert not (tmp_path / train.RESULTS_FILE).exists()

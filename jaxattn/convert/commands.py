@@ -25,8 +25,6 @@ import numpy as np
 from jaxattn.convert import files, plan as plan_lib, rules
 from jaxattn.convert.plan import ConversionError, flax_name
 
-# Models whose PyTorch twin needs the image geometry at construction.
-_IMAGE_SIZE_MODELS = ("conv_vit", "vit", "se_cnn", "sa_cnn", "hybrid")
 _COLLECTIONS = ("params", "batch_stats")
 
 
@@ -42,19 +40,16 @@ def torch_model_spec(config: ml_collections.ConfigDict
                      ) -> tuple[str, dict[str, Any]]:
   """``(name, kwargs)`` for ``jaxattn.torch_models.create_torch_model``: the
   PyTorch twin of a resolved config's model."""
+  from jaxattn.models import get_interface, interface  # pylint: disable=g-import-not-at-top
   kwargs = {k: _plain(v) for k, v in config.model.items() if k != "name"}
   name = config.model.name
+  model_interface = get_interface(name)
   kwargs["num_classes"] = int(config.num_classes)
-  if name != "hybrid_head":
+  if model_interface.input_kind(config) == interface.INPUT_IMAGES:
     kwargs["in_channels"] = int(config.num_channels)
-  if name in _IMAGE_SIZE_MODELS:
+  if model_interface.twin_needs_image_size:
     kwargs["image_size"] = [int(s) for s in config.image_size]
   return name, kwargs
-
-
-def _workdir_of(path: str) -> str:
-  from jaxattn import api  # pylint: disable=g-import-not-at-top
-  return api._split_path(path)[0]  # pylint: disable=protected-access
 
 
 def torch_model_for(workdir_or_config):
@@ -64,7 +59,8 @@ def torch_model_for(workdir_or_config):
   from jaxattn.torch_models import create_torch_model  # pylint: disable=g-import-not-at-top
   config = workdir_or_config
   if isinstance(config, (str, os.PathLike)):
-    config = checkpointing.load_config(_workdir_of(os.fspath(config)))
+    config = checkpointing.load_config(
+        checkpointing.split_checkpoint_path(os.fspath(config))[0])
   name, kwargs = torch_model_spec(config)
   return create_torch_model(name, **kwargs)
 
@@ -116,7 +112,7 @@ def to_torch(path: str, out: str, *, step: int | str | None = None,
   hint = ("Pass a training workdir (main.py's --workdir) or one of its "
           "checkpoints/<step> directories; --step best|latest|N picks the "
           "checkpoint.")
-  workdir, path_step = api._split_path(path)  # pylint: disable=protected-access
+  workdir, path_step = checkpointing.split_checkpoint_path(path)
   if not os.path.isdir(workdir):
     raise ConversionError(f"{path} is not a directory. {hint}")
   try:
@@ -161,65 +157,23 @@ def to_torch(path: str, out: str, *, step: int | str | None = None,
 # --------------------------------------------------------------------------
 
 
-def load_config_file(spec: str, overrides: dict[str, str] | None = None
-                     ) -> ml_collections.ConfigDict:
-  """``configs/NAME.py[:ARGS]`` -> ``get_config(ARGS)``, then
-  ``--config.KEY=VALUE`` overrides (typed by the existing values)."""
-  import importlib.util  # pylint: disable=g-import-not-at-top
-  path, _, arg = spec.partition(":")
-  if not os.path.isfile(path):
-    raise ConversionError(f"--config={spec}: {path} is not a file; pass "
-                          "configs/NAME.py[:ARGS] as for main.py.")
-  module_spec = importlib.util.spec_from_file_location("_jaxattn_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(arg or None)
-  for key, raw in (overrides or {}).items():
-    *parents, leaf = key.split(".")
-    node = config
-    try:
-      for p in parents:
-        node = node[p]
-      old = node[leaf]
-    except (KeyError, AttributeError):
-      raise ConversionError(f"--config.{key}: no such config key.") from None
-    node[leaf] = _typed(raw, old, key)
-  return config
-
-
-def _typed(raw: str, old, key: str):
-  import ast  # pylint: disable=g-import-not-at-top
-  if isinstance(old, str):
-    return raw
-  if isinstance(old, bool):
-    if raw.lower() not in ("true", "false", "1", "0"):
-      raise ConversionError(f"--config.{key}={raw}: expected true or false.")
-    return raw.lower() in ("true", "1")
+def load_config_file(spec: str, overrides=()) -> ml_collections.ConfigDict:
+  """``configs/NAME.py[:ARGS]`` with ``KEY=VALUE`` overrides, as main.py
+  reads ``--config`` (``jaxattn.configlib.load``)."""
+  from jaxattn import configlib  # pylint: disable=g-import-not-at-top
   try:
-    value = ast.literal_eval(raw)
-  except (ValueError, SyntaxError):
-    raise ConversionError(f"--config.{key}={raw}: not a valid "
-                          f"{type(old).__name__}.") from None
-  if isinstance(old, float) and isinstance(value, int):
-    value = float(value)
-  return value
+    return configlib.load(spec, overrides)
+  except configlib.ConfigError as e:
+    raise ConversionError(str(e)) from None
 
 
 def model_shapes(config: ml_collections.ConfigDict):
   """(resolved config, model, {(collection, *path): shape}), no init run."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from jaxattn import summary, train  # pylint: disable=g-import-not-at-top
-  config = train.resolve_config(config, summary.metadata_source(config),
-                                check_splits=False)
-  model = train.build_model(config)
-  variables = jax.eval_shape(
-      lambda: model.init({"params": jax.random.key(0),
-                          "dropout": jax.random.key(0)},
-                         jnp.zeros((1, *train.image_shape(config))),
-                         train=False))
+  from jaxattn import experiment  # pylint: disable=g-import-not-at-top
+  exp = experiment.Experiment(config, data="metadata")
+  variables = exp.abstract_state.variables()
   shapes = {k: tuple(v.shape) for k, v in flatten_variables(variables).items()}
-  return config, model, shapes
+  return exp.config, exp.model, shapes
 
 
 def _check_out_dir(out_dir: str, overwrite: bool) -> None:

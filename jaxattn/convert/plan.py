@@ -15,9 +15,10 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxattn import weights
 from jaxattn.convert import rules as rules_lib
-from jaxattn.pretrained import key_listing
 from jaxattn.convert.rules import FlaxKey, Layout
+from jaxattn.weights import key_listing, natural_key
 
 DATA_PARALLEL_PREFIX = "module."
 GENERIC_HINT = "the architectures differ:"
@@ -40,12 +41,6 @@ class Entry:
 
 def flax_name(key: FlaxKey) -> str:
   return "/".join(key)
-
-
-def natural_key(key: str):
-  """'layer1.10.x' after 'layer1.9.x': digit runs compare as numbers."""
-  return [(0, int(t), "") if t.isdigit() else (1, 0, t)
-          for t in re.split(r"(\d+)", key)]
 
 
 @dataclasses.dataclass
@@ -101,61 +96,40 @@ class Plan:
         report["ignored"].append(key)
         del sd[key]
     required = {k: e for k, e in expected.items() if e.flax_keys}
-    missing = sorted(set(required) - set(sd), key=natural_key)
-    unexpected = sorted(set(sd) - set(required), key=natural_key)
-    wrong = []
-    for key in sorted(set(sd) & set(required), key=natural_key):
-      have, want = tuple(np.shape(sd[key])), required[key].torch_shape
-      why = ""
-      resizers = [f for p, f in layout.resize if re.fullmatch(p, key)]
-      if have != want and resizers:
-        try:
-          resized = resizers[0](np.asarray(sd[key]), want)
-        except ValueError as e:  # e.g. not a square grid
-          why, resized = f" ({e})", sd[key]
-        if tuple(resized.shape) == want:
-          sd[key] = resized
-          report["resized"].append(f"{key}: {have} -> {want}")
-          have = want
-      if have != want:
-        wrong.append(f"{key}: file {have}, model {want}{why}")
-    if missing or unexpected or wrong:
-      raise ConversionError(self._mismatch_message(source, num_given, missing,
-                                                   unexpected, wrong))
+    try:
+      matched = weights.match_arrays(
+          {k: e.torch_shape for k, e in required.items()}, sd,
+          resize=layout.resize,
+          header=(f"{source} does not fit the model in layout {layout.name!r} "
+                  f"({num_given} tensors in the file, {len(self.entries)} in "
+                  "the layout)."),
+          hints=_mismatch_hints)
+    except weights.WeightMismatchError as e:
+      raise ConversionError(str(e)) from None
+    report["resized"] = [f"{k}: {np.shape(sd[k])} -> {v.shape}"
+                         for k, v in matched.items()
+                         if np.shape(sd[k]) != v.shape]
     flat = {}
     for key, e in required.items():
-      parts = e.rule.to_flax(np.asarray(sd[key]),
+      parts = e.rule.to_flax(matched[key],
                              [self.flax_shapes[k] for k in e.flax_keys])
       for k, part in zip(e.flax_keys, parts):
         flat[k] = np.asarray(part, np.float32, order="C")
     return flat, report
 
-  def _mismatch_message(self, source, num_given, missing, unexpected,
-                        wrong) -> str:
-    layout = self.layout
-    lines = [f"{source} does not fit the model in layout {layout.name!r} "
-             f"({num_given} tensors in the file, {len(self.entries)} in the "
-             "layout)."]
-    if missing:
-      lines.append(f"  Missing from the file ({len(missing)}):"
-                   f"{key_listing(missing)}")
-    if unexpected:
-      lines.append(f"  Unexpected in the file ({len(unexpected)}):"
-                   f"{key_listing(unexpected)}")
-    if wrong:
-      lines.append(f"  Shape mismatches ({len(wrong)}):{key_listing(wrong)}")
-    hints = []
-    if wrong and not missing and not unexpected and all(
-        re.fullmatch(CLASSIFIER_KEYS, w.split(":")[0]) for w in wrong):
-      hints.append("only the classifier's size differs: set the number of "
-                   "classes to the file's (--config.num_classes=K, or the "
-                   "config's argument).")
-    elif missing or wrong:
-      hints.append(f"{GENERIC_HINT} check that --config builds the same "
-                   "model as the file (depth, width, patch size, image size, "
-                   "attention block, head).")
-    lines += [f"Hint: {h}" for h in hints]
-    return "\n".join(lines)
+
+def _mismatch_hints(mismatch: weights.Mismatch) -> list[str]:
+  only_wrong = not mismatch.missing and not mismatch.unexpected
+  if mismatch.wrong and only_wrong and all(
+      re.fullmatch(CLASSIFIER_KEYS, w.key) for w in mismatch.wrong):
+    return ["Hint: only the classifier's size differs: set the number of "
+            "classes to the file's (--config.num_classes=K, or the config's "
+            "argument)."]
+  if mismatch.missing or mismatch.wrong:
+    return [f"Hint: {GENERIC_HINT} check that --config builds the same model "
+            "as the file (depth, width, patch size, image size, attention "
+            "block, head)."]
+  return []
 
 
 def make_plan(layout: Layout, flax_shapes: Mapping[FlaxKey, Sequence[int]]

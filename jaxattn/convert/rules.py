@@ -39,10 +39,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from jaxattn import weights
 from jaxattn.convert.tensors import (
     CONV, COPY, DENSE, DENSE_AS_CONV1X1, HEADS_TO_DENSE, MAP_LAST_TO_FIRST,
     NUM_BATCHES_TRACKED, QKV_BIAS, QKV_KERNEL, TOKENS_LAST_TO_FIRST,
@@ -177,8 +178,7 @@ class Layout:
   numerics: Numerics = Numerics()
   partial: bool = False
   ignore_on_import: tuple[str, ...] = ()
-  resize: tuple[tuple[str, Callable[[np.ndarray, tuple[int, ...]],
-                                    np.ndarray]], ...] = ()
+  resize: tuple[tuple[str, weights.Resizer], ...] = ()
   separator: str = "."
   file_format: str = "torch"  # "torch" (.safetensors/.pt) or "npz"
 
@@ -298,15 +298,6 @@ _TORCHVISION = Layout(
 # ---- Seed 000: ViT-B/8 backbone + fusion head (jaxattn/models/hybrid.py) ----
 
 
-def _resize_posemb(array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-  """vit_jax's bilinear resize of a [1, 1+n*n, D] positional embedding."""
-  from jaxattn.models import hybrid  # pylint: disable=g-import-not-at-top
-  if (array.ndim != 3 or len(shape) != 3 or array.shape[0] != 1 or
-      shape[0] != 1 or array.shape[2] != shape[2]):
-    return array  # Not resizable: the shape check reports it.
-  return hybrid._resize_posemb(array, shape[1])  # pylint: disable=protected-access
-
-
 def _vit_backbone(flax: str, torch: str) -> tuple[Rule, ...]:
   """``ViTBackbone`` (vit_jax names) <-> timm's VisionTransformer keys."""
   f = f"{flax}/" if flax else ""
@@ -346,7 +337,7 @@ _VIT_NUMERICS = Numerics(
     notes="vit_jax numerics. timm's VisionTransformer uses the exact GELU, "
           "so its outputs differ slightly from the Flax model's; "
           "jaxattn.torch_models' backbone uses GELU(approximate='tanh').")
-_POSEMB_RESIZE = (r"(backbone\.)?pos_embed", _resize_posemb)
+_POSEMB_RESIZE = (r"(backbone\.)?pos_embed", weights.resize_posemb_hook)
 _HYBRID_NUMERICS = dataclasses.replace(
     _VIT_NUMERICS, batch_norm_eps=1e-3,
     notes=_VIT_NUMERICS.notes + " Fusion head: Keras BatchNormalization (eps "
@@ -373,7 +364,8 @@ _VIT_JAX_HYBRID = Layout(
     "hybrid's backbone alone, '/'-joined vit_jax parameter names; the fusion "
     "head stays at its initialisation",
     (Rule("backbone", "", SUBTREE),), _VIT_NUMERICS, partial=True,
-    resize=((r"Transformer/posembed_input/pos_embedding", _resize_posemb),),
+    resize=((r"Transformer/posembed_input/pos_embedding",
+             weights.resize_posemb_hook),),
     separator="/", file_format="npz")
 _JAXATTN_HYBRID_HEAD = Layout(
     "jaxattn",

@@ -1142,7 +1142,7 @@ def random_erasing(image,
   return tf.ensure_shape(out, image.shape)
 
 
-def normalize(image, mean: Sequence[float], std: Sequence[float]):
+def standardize(image, mean: Sequence[float], std: Sequence[float]):
   """torchvision ``Normalize``: (image - mean) / std per channel.
 
   ``image`` is float HxWxC (typically [0, 1]) or a batch; returns float32.

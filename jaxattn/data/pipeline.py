@@ -210,10 +210,21 @@ def _options() -> tf.data.Options:
   return options
 
 
+def _holds_features(input_kind: str) -> bool:
+  if input_kind not in ("images", "features"):
+    raise ValueError(f"input_kind={input_kind!r} must be 'images' or "
+                     "'features'.")
+  return input_kind == "features"
+
+
 def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
                          *, shard: ProcessShard, steps_per_epoch: int,
-                         num_epochs: int, start_step: int = 0) -> tf.data.Dataset:
+                         num_epochs: int, start_step: int = 0,
+                         input_kind: str = "images") -> tf.data.Dataset:
   """Batches of {"image", "label"} from ``start_step`` to the end of training.
+
+  ``input_kind="features"``: the source holds precomputed vectors (seed
+  000's cached backbone logits), batched as they are, without preprocessing.
 
   With several processes and ``config.input_order == "global"`` every process
   walks the same shuffled stream of the whole split (still encoded) and keeps
@@ -222,7 +233,7 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
   """
   local_batch = shard.local_batch_size
   global_batch = local_batch * shard.process_count
-  holds_features = getattr(source, "holds_features", False)
+  holds_features = _holds_features(input_kind)
   global_order = (shard.process_count > 1 and not holds_features and
                   config.get("input_order", "global") == "global")
   if config.get("input_order", "global") not in ("global", "per_process"):
@@ -340,15 +351,19 @@ def num_eval_batches(num_examples: int, shard: ProcessShard) -> int:
 
 def create_eval_dataset(source: DataSource, split: str,
                         config: ml_collections.ConfigDict, *,
-                        shard: ProcessShard) -> tuple[tf.data.Dataset, int]:
-  """(dataset, num_batches) with every example once; padding has mask 0."""
+                        shard: ProcessShard, input_kind: str = "images"
+                        ) -> tuple[tf.data.Dataset, int]:
+  """(dataset, num_batches) with every example once; padding has mask 0.
+
+  ``input_kind="features"``: precomputed vectors, not preprocessed.
+  """
   ds = source.read(split, process_index=shard.process_index,
                    process_count=shard.process_count)
   local_count = int(ds.cardinality())
   if local_count < 0:  # Unknown cardinality: count once (small splits only).
     local_count = int(ds.reduce(0, lambda n, _: n + 1))
   num_batches = num_eval_batches(source.num_examples(split), shard)
-  holds_features = getattr(source, "holds_features", False)
+  holds_features = _holds_features(input_kind)
   ds = ds.map(lambda ex: {"image": ex["image"] if holds_features else
                           preprocess_for_eval(ex["image"], config),
                           "label": ex["label"],

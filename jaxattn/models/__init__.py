@@ -5,6 +5,9 @@ from jaxattn.models import hybrid  # noqa: F401  (registers "hybrid", "hybrid_he
 from jaxattn.models import mnist_cnn  # noqa: F401  (registers "se_cnn", "sa_cnn")
 from jaxattn.models import resnet  # noqa: F401  (registers "slresnet", "gsop_resnet")
 from jaxattn.models import vit  # noqa: F401  (registers "vit")
-from jaxattn.models.registry import create_model, get_model_class, known_models, register
+from jaxattn.models.interface import ModelInterface
+from jaxattn.models.registry import (create_model, get_interface,
+                                    get_model_class, known_models, register)
 
-__all__ = ["create_model", "get_model_class", "known_models", "register"]
+__all__ = ["ModelInterface", "create_model", "get_interface",
+           "get_model_class", "known_models", "register"]

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import torch_layers
+from jaxattn.models import layers
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -127,24 +127,24 @@ class GSoP(nn.Module):
   reduced_dim: int = 128
   dim_reduction_stride: int = 1
   dtype: Any = jnp.float32
-  kernel_init: Initializer = torch_layers.kernel_init
+  kernel_init: Initializer = layers.kernel_init
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool = False) -> Array:
     _check_nhwc(x, "GSoP")
     c, d, s = x.shape[-1], self.reduced_dim, self.dim_reduction_stride
     y = nn.relu(x)
-    y = torch_layers.conv(d, (1, 1), c, "conv_for_DR", self.dtype,
-                          strides=(s, s), kernel_init=self.kernel_init)(y)
-    y = nn.relu(torch_layers.batch_norm(train, "bn_for_DR", self.dtype)(y))
+    y = layers.conv(d, (1, 1), c, "conv_for_DR", self.dtype,
+                    strides=(s, s), kernel_init=self.kernel_init)(y)
+    y = nn.relu(layers.batch_norm(train, "bn_for_DR", self.dtype)(y))
     cov = covariance(y)  # (B, i, j), float32
     # NHWC view of the official (B, d_i, d_j, 1): height j, width 1, channel i.
     rows = cov.transpose(0, 2, 1)[:, :, None, :]
-    rows = torch_layers.batch_norm(train, "row_bn", self.dtype)(rows)
+    rows = layers.batch_norm(train, "row_bn", self.dtype)(rows)
     z = _RowConvGroup(d, self.dtype, self.kernel_init,
                       name="row_conv_group")(rows)
-    z = torch_layers.conv(c, (1, 1), 4 * d, "fc_adapt_channels", self.dtype,
-                          kernel_init=self.kernel_init)(z)  # (B, 1, 1, C)
+    z = layers.conv(c, (1, 1), 4 * d, "fc_adapt_channels", self.dtype,
+                    kernel_init=self.kernel_init)(z)  # (B, 1, 1, C)
     gate = nn.sigmoid(z.astype(jnp.float32)).astype(x.dtype)
     return x * gate
 
@@ -168,7 +168,7 @@ class _RowConvGroup(nn.Module):
     d = self.reduced_dim
     kernel = self.param("kernel", self.kernel_init, (d, 1, 1, 4 * d),
                         jnp.float32)
-    bias = self.param("bias", torch_layers.bias_init(d), (4 * d,),
+    bias = self.param("bias", layers.bias_init(d), (4 * d,),
                       jnp.float32)
     rows, kernel, bias = nn.dtypes.promote_dtype(rows, kernel, bias,
                                                  dtype=self.dtype)
@@ -221,7 +221,7 @@ class SqueezeExcitation(nn.Module):
 
     def fc(features, name):
       return nn.Dense(features, use_bias=False, dtype=self.dtype,
-                      param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
+                      param_dtype=jnp.float32, kernel_init=layers.kernel_init,
                       name=name)
 
     y = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)  # (B, C)
@@ -266,7 +266,7 @@ class SelfAttention2D(nn.Module):
     _check_nhwc(x, "SelfAttention2D")
     b, h, w, c = x.shape
     def project(features, name):  # A 1x1 conv, flattened to (B, N, features).
-      conv = torch_layers.conv(features, (1, 1), c, name, self.dtype)
+      conv = layers.conv(features, (1, 1), c, name, self.dtype)
       return conv(x).reshape(b, h * w, features)
 
     q = project(c // 8, "query_conv")
@@ -318,12 +318,12 @@ class MultiHeadSelfAttention(nn.Module):
     head_dim = d // self.num_heads
 
     def project(name):
-      return torch_layers.linear(d, d, name, self.dtype)(x).reshape(
+      return layers.linear(d, d, name, self.dtype)(x).reshape(
           b, n, self.num_heads, head_dim)
 
     q, k, v = project("query"), project("key"), project("value")
     out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
-    return torch_layers.linear(d, d, "out", self.dtype)(out.reshape(b, n, d))
+    return layers.linear(d, d, "out", self.dtype)(out.reshape(b, n, d))
 
 
 class FeatureMapSelfAttention(nn.Module):

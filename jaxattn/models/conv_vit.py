@@ -64,7 +64,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import fast_ops, torch_layers
+from jaxattn.models import fast_ops, layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -87,9 +87,9 @@ class _LinearWeights(nn.Module):
 
   @nn.compact
   def weights(self, fan_in: int) -> Linear:
-    kernel = self.param("kernel", torch_layers.kernel_init,
+    kernel = self.param("kernel", layers.kernel_init,
                         (fan_in, self.features), jnp.float32)
-    bias = self.param("bias", torch_layers.bias_init(fan_in),
+    bias = self.param("bias", layers.bias_init(fan_in),
                       (self.features,), jnp.float32)
     return kernel, bias
 
@@ -112,9 +112,9 @@ class _ConvWeights(nn.Module):
   @nn.compact
   def weights(self, channels: int) -> Linear:
     p = self.patch_size
-    kernel = self.param("kernel", torch_layers.kernel_init,
+    kernel = self.param("kernel", layers.kernel_init,
                         (p, p, channels, self.features), jnp.float32)
-    bias = self.param("bias", torch_layers.bias_init(p * p * channels),
+    bias = self.param("bias", layers.bias_init(p * p * channels),
                       (self.features,), jnp.float32)
     return kernel, bias
 
@@ -133,13 +133,13 @@ class Embedding(nn.Module):
   fails with Flax's parameter-shape error. Returns the (B, H/p, W/p, D) map.
   """
 
-  embedding_dim: int
+  hidden_dim: int
   patch_size: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def weights(self, image_shape: tuple[int, ...]) -> EmbeddingWeights:
-    p, d = self.patch_size, self.embedding_dim
+    p, d = self.patch_size, self.hidden_dim
     kernel, bias = _ConvWeights(d, p, name="patch").weights(image_shape[-1])
     grid = (image_shape[-3] // p, image_shape[-2] // p)
     pos = self.param("pos_embedding", nn.initializers.normal(stddev=1.0),
@@ -228,8 +228,10 @@ class ConvViTBlock(nn.Module):
 
   def __call__(self, x: Array) -> Array:
     dim = x.shape[-1]
-    x = self.attn(fast_ops.normalize(x), self.attn_norm.weights(dim)) + x
-    return self.ff(fast_ops.normalize(x), self.ff_norm.weights(dim)) + x
+    x = self.attn(fast_ops.layer_norm_no_affine(x),
+                  self.attn_norm.weights(dim)) + x
+    return self.ff(fast_ops.layer_norm_no_affine(x),
+                   self.ff_norm.weights(dim)) + x
 
 
 class _LayerNorm(nn.Module):
@@ -242,7 +244,7 @@ class _LayerNorm(nn.Module):
     dim = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (dim,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (dim,), jnp.float32)
-    x = fast_ops.normalize(x.astype(self.dtype))
+    x = fast_ops.layer_norm_no_affine(x.astype(self.dtype))
     return x * scale.astype(self.dtype) + bias.astype(self.dtype)
 
 
@@ -329,11 +331,11 @@ def _block(weights: BlockWeights, x: Array, head_channels: int,
            dtype) -> tuple[Array, Array]:
   """``ConvViTBlock`` on (B, N, D) tokens; also returns the attention."""
   branch, attention = _attention_branch(weights.attn_norm, weights.attn,
-                                        fast_ops.normalize(x), head_channels,
-                                        dtype)
+                                        fast_ops.layer_norm_no_affine(x),
+                                        head_channels, dtype)
   x = branch + x
-  return _feed_forward(weights.ff_norm, weights.ff, fast_ops.normalize(x),
-                       dtype) + x, attention
+  return _feed_forward(weights.ff_norm, weights.ff,
+                       fast_ops.layer_norm_no_affine(x), dtype) + x, attention
 
 
 @register("conv_vit")
@@ -354,7 +356,7 @@ class ConvViT(nn.Module):
 
   num_classes: int = 10
   patch_size: int = 2
-  embedding_dim: int = 32
+  hidden_dim: int = 32
   depth: int = 4
   head_channels: int = 8
   mlp_ratio: int = 4
@@ -364,7 +366,7 @@ class ConvViT(nn.Module):
   def _chunked_trunk(self, images, embedding, blocks, chunk_size) -> Array:
     """Embedding and blocks, ``chunk_size`` images at a time (train only)."""
     embedding_weights = embedding.weights(images.shape)
-    block_weights = [block.weights(self.embedding_dim) for block in blocks]
+    block_weights = [block.weights(self.hidden_dim) for block in blocks]
     record = self.is_mutable_collection("intermediates")
 
     def trunk(chunk):
@@ -384,12 +386,12 @@ class ConvViT(nn.Module):
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     # The seed has no dropout or batch statistics: `train` only picks the
     # chunked computation, which pays off in the backward pass.
-    torch_layers.check_images(images, self.patch_size)
-    d, hc = self.embedding_dim, self.head_channels
+    layers.check_images(images, self.patch_size)
+    d, hc = self.hidden_dim, self.head_channels
     if d % hc:
       raise ValueError(
-          f"embedding_dim={d} is not a multiple of head_channels={hc}; the "
-          f"seed splits the channels into embedding_dim // head_channels heads.")
+          f"hidden_dim={d} is not a multiple of head_channels={hc}; the "
+          f"seed splits the channels into hidden_dim // head_channels heads.")
     embedding = Embedding(d, self.patch_size, self.dtype, name="embedding")
     blocks = [ConvViTBlock(hc, self.mlp_ratio, self.dtype, name=f"layers_{i}")
               for i in range(self.depth)]
@@ -408,6 +410,6 @@ class ConvViT(nn.Module):
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     # A float32 head keeps logits exact for the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
-                    bias_init=torch_layers.bias_init(self.embedding_dim),
+                    param_dtype=jnp.float32, kernel_init=layers.kernel_init,
+                    bias_init=layers.bias_init(self.hidden_dim),
                     name="head")(x)

@@ -9,9 +9,10 @@ transposes changes. Each rule below came out of a profile of a train step
   ``jax.nn.gelu(approximate=False)`` goes through ``erfc`` (two exp/select
   passes forward), and autodiff saved ``erf`` for the backward pass; here the
   forward is one fused pass and the backward one more, from ``x`` alone.
-* ``normalize``: LayerNorm without its affine part, with PyTorch's numerics
-  (two-pass variance, eps inside the root). The backward pass is the closed
-  form ``rstd * (g - mean(g) - xhat * mean(g * xhat))`` in one fused pass.
+* ``layer_norm_no_affine``: LayerNorm without its affine part, with
+  PyTorch's numerics (two-pass variance, eps inside the root). The backward
+  pass is the closed form ``rstd * (g - mean(g) - xhat * mean(g * xhat))``
+  in one fused pass.
   Callers fold the affine part into the next linear map where they can.
 * ``dense``: ``x @ kernel + bias`` whose weight gradient contracts an
   explicitly transposed copy of the narrower operand. Autodiff's form made
@@ -79,12 +80,12 @@ gelu.defvjp(_gelu_fwd, _gelu_bwd)
 
 
 @jax.custom_vjp
-def normalize(x: Array) -> Array:
+def layer_norm_no_affine(x: Array) -> Array:
   """``(x - mean) / sqrt(var + 1e-5)`` over the last axis (biased variance)."""
-  return _normalize_fwd(x)[0]
+  return _layer_norm_no_affine_fwd(x)[0]
 
 
-def _normalize_fwd(x):
+def _layer_norm_no_affine_fwd(x):
   xf = x.astype(jnp.float32)
   centred = xf - jnp.mean(xf, axis=-1, keepdims=True)
   rstd = jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) +
@@ -93,7 +94,7 @@ def _normalize_fwd(x):
   return xhat, (xhat, rstd)
 
 
-def _normalize_bwd(residuals, g):
+def _layer_norm_no_affine_bwd(residuals, g):
   xhat, rstd = residuals
   gf, xf = g.astype(jnp.float32), xhat.astype(jnp.float32)
   dx = rstd * (gf - jnp.mean(gf, axis=-1, keepdims=True) -
@@ -101,7 +102,8 @@ def _normalize_bwd(residuals, g):
   return (dx.astype(g.dtype),)
 
 
-normalize.defvjp(_normalize_fwd, _normalize_bwd)
+layer_norm_no_affine.defvjp(_layer_norm_no_affine_fwd,
+                            _layer_norm_no_affine_bwd)
 
 
 @jax.custom_vjp

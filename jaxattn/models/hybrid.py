@@ -68,7 +68,7 @@ by creation order, which is the order below:
 """
 
 from collections.abc import Mapping
-import math
+import dataclasses
 import os
 from typing import Any
 
@@ -76,9 +76,12 @@ import flax.linen as nn
 from flax import traverse_util
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from jaxattn.models import torch_layers
+from jaxattn import losses, weights
+from jaxattn.models import layers
+from jaxattn.models.interface import INPUT_FEATURES, ModelInterface
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -220,7 +223,7 @@ class ViTBackbone(nn.Module):
   """
 
   patch_size: int = 8
-  hidden_size: int = 768
+  hidden_dim: int = 768
   depth: int = 12
   num_heads: int = 12
   mlp_dim: int = 3072
@@ -230,11 +233,11 @@ class ViTBackbone(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     del train  # No dropout, no batch statistics.
-    torch_layers.check_images(images, self.patch_size)
-    if self.hidden_size % self.num_heads:
-      raise ValueError(f"hidden_size={self.hidden_size} is not a multiple of "
+    layers.check_images(images, self.patch_size)
+    if self.hidden_dim % self.num_heads:
+      raise ValueError(f"hidden_dim={self.hidden_dim} is not a multiple of "
                        f"num_heads={self.num_heads}.")
-    p, d = self.patch_size, self.hidden_size
+    p, d = self.patch_size, self.hidden_dim
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=jnp.float32, name="embedding")(images)
     b = x.shape[0]
@@ -254,49 +257,30 @@ class ViTBackbone(nn.Module):
 # Loading an official vit_jax / big_vision .npz.
 # --------------------------------------------------------------------------
 
-_POSEMB = ("Transformer", "posembed_input", "pos_embedding")
+_POSEMB = "Transformer/posembed_input/pos_embedding"
 
 
-def _resize_posemb(posemb: np.ndarray, num_tokens: int) -> np.ndarray:
-  """vit_jax's fine-tuning resize: keep the class row, zoom the grid bilinearly.
-
-  Same as ``vit_jax.checkpoint.load_pretrained``: ``scipy.ndimage.zoom`` with
-  order 1 over a square grid.
-  """
-  import scipy.ndimage  # pylint: disable=g-import-not-at-top
-  tok, grid = posemb[:, :1], posemb[0, 1:]
-  gs_old, gs_new = math.isqrt(grid.shape[0]), math.isqrt(num_tokens - 1)
-  if gs_old**2 != grid.shape[0] or gs_new**2 != num_tokens - 1:
-    raise ValueError(
-        f"Cannot resize the positional embedding from {posemb.shape[1]} to "
-        f"{num_tokens} tokens: both must be 1 class token plus a square patch "
-        f"grid. Build the model on square images.")
-  grid = grid.reshape(gs_old, gs_old, -1)
-  zoom = (gs_new / gs_old, gs_new / gs_old, 1)
-  grid = scipy.ndimage.zoom(grid, zoom, order=1).reshape(1, gs_new * gs_new, -1)
-  return np.concatenate([tok, grid], axis=1)
-
-
-def _mismatch_hints(target: Mapping, missing, unexpected, wrong) -> list[str]:
+def _mismatch_hints(target: Mapping, mismatch: weights.Mismatch) -> list[str]:
+  top = lambda key: key.split("/")[0]
   hints = []
   if set(target) & {"params", "backbone", "fusion"}:
     hints.append("target_params looks like a variables dict or a Hybrid's "
                  "params; pass variables['params'] of a ViTBackbone, or "
                  "params['backbone'] of a Hybrid.")
-  if any(k[0] == "pre_logits" for k in unexpected):
+  if any(top(k) == "pre_logits" for k in mismatch.unexpected):
     hints.append("The checkpoint has a 'pre_logits' layer: it is an "
                  "ImageNet-21k pre-training checkpoint; use an ImageNet-1k "
                  "fine-tuned one (its name ends in '--imagenet2012-...').")
-  if any(k[0] == "head" for k, _, _ in wrong):
+  if any(top(w.key) == "head" for w in mismatch.wrong):
     hints.append("The head sizes differ: set ViTBackbone.num_outputs to the "
                  "checkpoint's class count (1000 for the authors' hub layer).")
-  if any(k == _POSEMB for k, _, _ in wrong):
+  if any(w.key == _POSEMB for w in mismatch.wrong):
     hints.append("The positional embeddings differ: pass resize_posemb=True "
                  "or build the model at the checkpoint's resolution.")
-  if missing or len(wrong) > 1:
-    hints.append("Check patch_size, hidden_size, depth, num_heads and mlp_dim "
+  if mismatch.missing or len(mismatch.wrong) > 1:
+    hints.append("Check patch_size, hidden_dim, depth, num_heads and mlp_dim "
                  "against the checkpoint's name (B_8: 8, 768, 12, 12, 3072).")
-  return hints
+  return [f"Hint: {h}" for h in hints]
 
 
 def load_vit_npz(path: str | os.PathLike, target_params: PyTree, *,
@@ -317,42 +301,28 @@ def load_vit_npz(path: str | os.PathLike, target_params: PyTree, *,
     target's dtypes.
 
   Raises:
-    ValueError: listing every missing key, unexpected key and shape mismatch.
+    weights.WeightMismatchError (a ValueError): listing every missing key,
+      unexpected key and shape mismatch.
   """
   with np.load(path, allow_pickle=False) as npz:
-    flat = {tuple(k.split("/")): np.asarray(npz[k]) for k in npz.files}
-  target = traverse_util.flatten_dict(target_params)
-  missing = sorted(set(target) - set(flat))
-  unexpected = sorted(set(flat) - set(target))
-  wrong = []
-  for key in sorted(set(flat) & set(target)):
-    have, want = flat[key].shape, tuple(target[key].shape)
-    if have == want:
-      continue
-    if (key == _POSEMB and resize_posemb and len(have) == 3 and
-        have[0] == want[0] == 1 and have[2] == want[2]):
-      flat[key] = _resize_posemb(flat[key], want[1])
-      continue
-    wrong.append((key, have, want))
-  if missing or unexpected or wrong:
-    fmt = lambda keys: "".join(f"\n    {'/'.join(k)}" for k in keys)
-    lines = [f"Checkpoint {os.fspath(path)!r} does not match the model's "
-             f"parameters ({len(flat)} checkpoint tensors, {len(target)} "
-             f"model parameters)."]
-    if missing:
-      lines.append(f"  Missing from the checkpoint ({len(missing)}):{fmt(missing)}")
-    if unexpected:
-      lines.append(f"  Unexpected in the checkpoint ({len(unexpected)}):"
-                   f"{fmt(unexpected)}")
-    if wrong:
-      lines.append(f"  Shape mismatches ({len(wrong)}):" + "".join(
-          f"\n    {'/'.join(k)}: checkpoint {have}, model {want}"
-          for k, have, want in wrong))
-    lines += [f"Hint: {h}" for h in _mismatch_hints(target_params, missing,
-                                                     unexpected, wrong)]
-    raise ValueError("\n".join(lines))
-  return traverse_util.unflatten_dict(
-      {k: flat[k].astype(target[k].dtype) for k in target})
+    stored = {k: np.asarray(npz[k]) for k in npz.files}
+  return vit_params_from_arrays(stored, target_params, source=os.fspath(path),
+                                resize_posemb=resize_posemb)
+
+
+def vit_params_from_arrays(stored: Mapping[str, np.ndarray],
+                           target_params: PyTree, *, source: str,
+                           resize_posemb: bool = True) -> dict:
+  """``load_vit_npz`` on a file already read: {'/'-joined key: array}."""
+  target = traverse_util.flatten_dict(target_params, sep="/")
+  return traverse_util.unflatten_dict(weights.match_arrays(
+      target, stored,
+      resize=((_POSEMB, weights.resize_posemb_hook),) if resize_posemb else (),
+      header=(f"Checkpoint {source!r} does not match the model's "
+              f"parameters ({len(stored)} checkpoint tensors, {len(target)} "
+              "model parameters)."),
+      hints=lambda mismatch: _mismatch_hints(target_params, mismatch),
+      stored_in="checkpoint"), sep="/")
 
 
 # --------------------------------------------------------------------------
@@ -494,7 +464,76 @@ class SameConv1D(nn.Module):
 REFINEMENTS = ("none", "bottleneck")
 
 
-@register("hybrid_head")
+# --------------------------------------------------------------------------
+# What the trainer needs to know about the two registered models.
+# --------------------------------------------------------------------------
+
+
+def _softmax_outputs(config: ml_collections.ConfigDict) -> losses.LossSpec:
+  # Both heads end in a softmax: the loss takes the clipped log of their
+  # probabilities, as Keras' categorical cross-entropy does.
+  return dataclasses.replace(losses.LossSpec.from_config(config),
+                             probabilities=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HeadInterface(ModelInterface):
+  """``hybrid_head``: classifies backbone logits (a feature cache), not images."""
+
+  twin_needs_image_size: bool = False
+
+  def input_kind(self, config):
+    return INPUT_FEATURES
+
+  def init_shape(self, config):
+    return (IMAGENET_CLASSES,)
+
+  def loss_spec(self, config):
+    return _softmax_outputs(config)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HybridInterface(ModelInterface):
+  """``hybrid``: images; with ``config.cache_backbone_features`` the frozen
+  backbone's logits are computed once and the head trains on them."""
+
+  feature_method: str = "backbone_logits"
+  cached_features_method: str = "classify_backbone_logits"
+
+  def check(self, config):
+    if not config.cache_backbone_features:
+      return
+    if not config.model.get("freeze_backbone", True):
+      raise ValueError(
+          "config.cache_backbone_features needs a frozen backbone, but "
+          "config.model.freeze_backbone=False; freeze it or set "
+          "--config.cache_backbone_features=False.")
+    aug = config.augment
+    if (aug.random_resized_crop or aug.flip or aug.rand_augment_ops or
+        any(aug.color_jitter) or aug.random_erasing):
+      raise ValueError(
+          "config.cache_backbone_features caches the backbone's outputs of "
+          "unaugmented images, but this config augments them (config.augment)"
+          ": turn the augmentations off or set "
+          "--config.cache_backbone_features=False.")
+
+  def feature_shape(self, config):
+    return (IMAGENET_CLASSES,)
+
+  def loss_spec(self, config):
+    return _softmax_outputs(config)
+
+  def import_npz(self, config, arrays, params, source):
+    """A vit_jax / big_vision ``.npz`` (the authors' AugReg ViT-B/8) into the
+    backbone; the fusion head keeps its initialisation."""
+    del config
+    params = dict(params)
+    params["backbone"] = vit_params_from_arrays(arrays, params["backbone"],
+                                                source=source)
+    return params
+
+
+@register("hybrid_head", _HeadInterface())
 class HybridFusionHead(nn.Module):
   """Keras ``model_1`` ("Attention Module 1") plus the ``model0``/``vit`` heads.
 
@@ -594,7 +633,7 @@ class HybridFusionHead(nn.Module):
     return {"model0": model0, "vit": vit, "average": (model0 + vit) / 2}
 
 
-@register("hybrid")
+@register("hybrid", _HybridInterface())
 class Hybrid(nn.Module):
   """Frozen ViT backbone (``params["backbone"]``) + ``HybridFusionHead``
   (``params["fusion"]``).
@@ -620,7 +659,7 @@ class Hybrid(nn.Module):
 
   num_classes: int = 10
   patch_size: int = 8
-  hidden_size: int = 768
+  hidden_dim: int = 768
   depth: int = 12
   num_heads: int = 12
   mlp_dim: int = 3072
@@ -631,7 +670,7 @@ class Hybrid(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.backbone = ViTBackbone(self.patch_size, self.hidden_size, self.depth,
+    self.backbone = ViTBackbone(self.patch_size, self.hidden_dim, self.depth,
                                 self.num_heads, self.mlp_dim, IMAGENET_CLASSES,
                                 self.dtype)
     self.fusion = HybridFusionHead(self.num_classes, self.duplicate_avg_branch,
@@ -645,13 +684,16 @@ class Hybrid(nn.Module):
       logits = jax.lax.stop_gradient(logits)
     return logits
 
-  def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
-    """Images (B, H, W, C), or backbone logits (B, 1000) from a feature cache.
+  def classify_backbone_logits(self, logits: Array, *, train: bool = False
+                               ) -> dict[str, Array]:
+    """The head on backbone logits (B, 1000) from a feature cache.
 
     The frozen backbone's outputs do not change during training, so the
     trainer can compute them once (``config.cache_backbone_features``) and
     feed them here in place of images: the same parameters, the same head.
     """
-    if images.ndim == 2:
-      return self.fusion(images.astype(jnp.float32), train=train)
+    return self.fusion(logits.astype(jnp.float32), train=train)
+
+  def __call__(self, images: Array, *, train: bool = False) -> dict[str, Array]:
+    """Images (B, H, W, C) -> the head's dict of probabilities."""
     return self.fusion(self.backbone_logits(images, train=train), train=train)

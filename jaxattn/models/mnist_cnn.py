@@ -78,7 +78,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import torch_layers
+from jaxattn.models import layers
 from jaxattn.models.attention_blocks import SelfAttention2D, SqueezeExcitation
 from jaxattn.models.registry import register
 
@@ -116,14 +116,14 @@ class AttentionCNN(nn.Module):
     if self.block not in _BLOCKS:
       raise ValueError(
           f"Unknown block {self.block!r}; expected one of {list(_BLOCKS)}.")
-    torch_layers.check_images(images, 1)
+    layers.check_images(images, 1)
     x = images.astype(self.dtype)
     for idx, features, k, s in _CONVS:
-      x = torch_layers.conv(features, (k, k), k * k * x.shape[-1],
-                            f"conv_{idx}", self.dtype, strides=(s, s),
-                            padding=((2, 2), (2, 2)), use_bias=False)(x)
-      x = nn.relu(torch_layers.batch_norm(train, f"bn_{idx + 1}",
-                                          self.dtype)(x))
+      x = layers.conv(features, (k, k), k * k * x.shape[-1],
+                      f"conv_{idx}", self.dtype, strides=(s, s),
+                      padding=((2, 2), (2, 2)), use_bias=False)(x)
+      x = nn.relu(layers.batch_norm(train, f"bn_{idx + 1}",
+                                    self.dtype)(x))
       if self.block == "se":
         x = SqueezeExcitation(self.se_reduction, dtype=self.dtype,
                               name=f"se_{idx + 3}")(x)
@@ -131,11 +131,11 @@ class AttentionCNN(nn.Module):
         x = SelfAttention2D(self.dtype, name=f"sa_{idx + 3}")(x)
     # PyTorch's (C, H, W) flatten order; see the module docstring.
     x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
-    x = torch_layers.Linear(200, self.dtype, use_bias=False, name="fc_13")(x)
-    x = nn.relu(torch_layers.batch_norm(train, "bn_14", self.dtype)(x))
+    x = layers.Linear(200, self.dtype, use_bias=False, name="fc_13")(x)
+    x = nn.relu(layers.batch_norm(train, "bn_14", self.dtype)(x))
     x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    logits = torch_layers.Linear(self.num_classes, jnp.float32,
-                                 name="fc_17")(x)
+    logits = layers.Linear(self.num_classes, jnp.float32,
+                           name="fc_17")(x)
     return jax.nn.log_softmax(logits, axis=-1)
 
 

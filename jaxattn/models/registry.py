@@ -2,7 +2,9 @@
 
 A config names its architecture with ``config.model.name``; the remaining
 ``config.model`` fields are passed to the module's constructor. An unknown
-name raises an error that lists every known one.
+name raises an error that lists every known one. Each name also has a
+``ModelInterface`` (``jaxattn/models/interface.py``): what the trainer needs
+to know about the model beyond its module.
 """
 
 from collections.abc import Callable
@@ -10,16 +12,20 @@ from typing import Any
 
 import flax.linen as nn
 
+from jaxattn.models.interface import DEFAULT, ModelInterface
+
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
+_INTERFACES: dict[str, ModelInterface] = {}
 
 
-def register(name: str):
+def register(name: str, interface: ModelInterface = DEFAULT):
   """Class decorator: make a linen module constructible as ``name``."""
 
   def wrap(module_cls):
     if name in _MODELS:
       raise ValueError(f"Model name {name!r} is registered twice.")
     _MODELS[name] = module_cls
+    _INTERFACES[name] = interface
     return module_cls
 
   return wrap
@@ -36,6 +42,11 @@ def get_model_class(name: str) -> Callable[..., nn.Module]:
     raise ValueError(
         f"Unknown model {name!r}. Known models: {', '.join(known_models())}. "
         "Set config.model.name to one of them.") from None
+
+
+def get_interface(name: str) -> ModelInterface:
+  get_model_class(name)  # The error for an unknown name.
+  return _INTERFACES[name]
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:

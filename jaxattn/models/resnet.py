@@ -73,8 +73,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import fast_ops, torch_layers
+from jaxattn.models import fast_ops, layers
 from jaxattn.models.attention_blocks import GSoP
+from jaxattn.models.interface import ModelInterface
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -148,7 +149,7 @@ class Conv2d(nn.Module):
 
 def _dense(features: int, name: str) -> nn.Module:
   """A float32 ``torch.nn.Linear`` for the head: logits stay exact for the loss."""
-  return torch_layers.Linear(features, jnp.float32, name=name)
+  return layers.Linear(features, jnp.float32, name=name)
 
 
 def max_pool_3x3_s2(x: Array) -> Array:
@@ -176,7 +177,7 @@ class SLayer(nn.Module):
     c = x.shape[-1]
     # Average in float32: a sum over H*W is too long for a bf16 accumulator.
     y = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
-    y = torch_layers.Linear(c, self.dtype, use_bias=False, name="fc")(y)
+    y = layers.Linear(c, self.dtype, use_bias=False, name="fc")(y)
     return x * y[:, None, None, :].astype(x.dtype)
 
 
@@ -213,7 +214,7 @@ class _Block(nn.Module):
     if self.stride == 1 and x.shape[-1] == out_channels:
       return x
     x = _conv(out_channels, 1, self.stride, "downsample_0", self.dtype)(x)
-    return torch_layers.batch_norm(train, "downsample_1", self.dtype)(x)
+    return layers.batch_norm(train, "downsample_1", self.dtype)(x)
 
 
 class BasicBlock(_Block):
@@ -225,9 +226,9 @@ class BasicBlock(_Block):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     out = _conv(self.planes, 3, self.stride, "conv1", self.dtype)(x)
-    out = nn.relu(torch_layers.batch_norm(train, "bn1", self.dtype)(out))
+    out = nn.relu(layers.batch_norm(train, "bn1", self.dtype)(out))
     out = _conv(self.planes, 3, 1, "conv2", self.dtype)(out)
-    out = torch_layers.batch_norm(train, "bn2", self.dtype)(out)
+    out = layers.batch_norm(train, "bn2", self.dtype)(out)
     out = _attention(self.attention, self.planes, out, train, self.dtype)
     return nn.relu(out + self._shortcut(x, train))
 
@@ -244,11 +245,11 @@ class Bottleneck(_Block):
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
     out = _conv(self.planes, 1, 1, "conv1", self.dtype)(x)
-    out = nn.relu(torch_layers.batch_norm(train, "bn1", self.dtype)(out))
+    out = nn.relu(layers.batch_norm(train, "bn1", self.dtype)(out))
     out = _conv(self.planes, 3, self.stride, "conv2", self.dtype)(out)
-    out = nn.relu(torch_layers.batch_norm(train, "bn2", self.dtype)(out))
+    out = nn.relu(layers.batch_norm(train, "bn2", self.dtype)(out))
     out = _conv(self.planes * 4, 1, 1, "conv3", self.dtype)(out)
-    out = torch_layers.batch_norm(train, "bn3", self.dtype)(out)
+    out = layers.batch_norm(train, "bn3", self.dtype)(out)
     out = _attention(self.attention, self.planes, out, train, self.dtype)
     return nn.relu(out + self._shortcut(x, train))
 
@@ -271,12 +272,12 @@ def _resnet(images: Array, *, train: bool, stage_sizes: Sequence[int],
             dtype: Any, remat: bool) -> Array:
   """The torchvision ResNet forward; call from a compact method (the modules
   created here become children of that module, named as torchvision's)."""
-  torch_layers.check_images(images, 1)
+  layers.check_images(images, 1)
   block_cls = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
   if remat:  # Recompute activations in the backward pass; ``train`` is static.
     block_cls = nn.remat(block_cls, static_argnums=(2,))
   x = _conv(width, 7, 2, "conv1", dtype)(images)
-  x = nn.relu(torch_layers.batch_norm(train, "bn1", dtype)(x))
+  x = nn.relu(layers.batch_norm(train, "bn1", dtype)(x))
   x = max_pool_3x3_s2(x)
   for s, size in enumerate(stage_sizes):
     for b in range(size):
@@ -339,6 +340,10 @@ class ResNet(nn.Module):
                    width=self.width, dtype=self.dtype, remat=self.remat)
 
 
+# The PyTorch twins pool globally: they do not need the image size.
+_RESNET_INTERFACE = ModelInterface(twin_needs_image_size=False)
+
+
 def _check_depth(model: str, depth: int) -> None:
   if depth not in DEPTHS:
     raise ValueError(
@@ -346,7 +351,7 @@ def _check_depth(model: str, depth: int) -> None:
         f"{', '.join(map(str, DEPTHS))}.")
 
 
-@register("slresnet")
+@register("slresnet", _RESNET_INTERFACE)
 class SLResNet(nn.Module):
   """Seed 001: SL-ResNet-34/50/101/152 as the authors built it.
 
@@ -385,7 +390,7 @@ class SLResNet(nn.Module):
                    dtype=self.dtype, remat=self.remat)
 
 
-@register("gsop_resnet")
+@register("gsop_resnet", _RESNET_INTERFACE)
 class GSoPResNet(nn.Module):
   """GSoP-Net1 as in the official code (DERIVED; seed 003 has none).
 

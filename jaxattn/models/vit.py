@@ -45,7 +45,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.models import fast_ops, torch_layers
+from jaxattn.models import fast_ops, layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -70,8 +70,8 @@ class PatchEmbedding(nn.Module):
   def __call__(self, images: Array) -> Array:
     p, d = self.patch_size, self.hidden_dim
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
-                bias_init=torch_layers.bias_init(p * p * images.shape[-1]),
+                param_dtype=jnp.float32, kernel_init=layers.kernel_init,
+                bias_init=layers.bias_init(p * p * images.shape[-1]),
                 name="patch_layer")(images)
     b = x.shape[0]
     # Row-major over the patch grid, like the seed's flatten(-2).
@@ -104,16 +104,16 @@ class MultiHeadSelfAttention(nn.Module):
     head_dim = d // self.num_heads
 
     def project(name):
-      dense = torch_layers.Linear(d, self.dtype,
-                                  kernel_init=_torch_in_proj_init,
-                                  bias_init=torch_layers.zeros_bias, name=name)
+      dense = layers.Linear(d, self.dtype,
+                            kernel_init=_torch_in_proj_init,
+                            bias_init=layers.zeros_bias, name=name)
       return dense(x).reshape(b, n, self.num_heads, head_dim)
 
     q, k, v = project("query"), project("key"), project("value")
     out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
     # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
-    return torch_layers.Linear(d, self.dtype, bias_init=torch_layers.zeros_bias,
-                               name="out")(out.reshape(b, n, d))
+    return layers.Linear(d, self.dtype, bias_init=layers.zeros_bias,
+                         name="out")(out.reshape(b, n, d))
 
 
 class MlpBlock(nn.Module):
@@ -125,9 +125,9 @@ class MlpBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
-    x = torch_layers.Linear(self.mlp_dim, self.dtype, name="fc1")(x)
+    x = layers.Linear(self.mlp_dim, self.dtype, name="fc1")(x)
     x = fast_ops.gelu(x)  # torch.nn.GELU is erf-exact.
-    return torch_layers.Linear(d, self.dtype, name="fc2")(x)
+    return layers.Linear(d, self.dtype, name="fc2")(x)
 
 
 class EncoderBlock(nn.Module):
@@ -141,7 +141,7 @@ class EncoderBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     # Not pre-norm: the normalised x replaces the stream, and it is what the
     # attention residual adds back. Reproduced as the seed wrote it.
-    x = torch_layers.layer_norm("layer_norm", self.dtype)(x)
+    x = layers.layer_norm("layer_norm", self.dtype)(x)
     x = MultiHeadSelfAttention(self.num_heads, self.dtype,
                                name="self_attention")(x) + x
     return MlpBlock(self.mlp_dim, self.dtype, name="mlp_block")(x) + x
@@ -168,7 +168,7 @@ class ViT(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     del train  # The seed has no dropout or batch statistics.
-    torch_layers.check_images(images, self.patch_size)
+    layers.check_images(images, self.patch_size)
     x = PatchEmbedding(self.hidden_dim, self.patch_size, self.dtype,
                        name="patch_embedding")(images)
     for i in range(self.depth):
@@ -177,6 +177,6 @@ class ViT(nn.Module):
     # No final LayerNorm in the seed. A float32 head keeps logits exact for
     # the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,
-                    param_dtype=jnp.float32, kernel_init=torch_layers.kernel_init,
-                    bias_init=torch_layers.bias_init(self.hidden_dim),
+                    param_dtype=jnp.float32, kernel_init=layers.kernel_init,
+                    bias_init=layers.bias_init(self.hidden_dim),
                     name="output_layer")(x[:, 0])

@@ -23,29 +23,20 @@ eps 1e-5 over the channels, GELU before the global average pool.
 import torch
 from torch import nn
 
-
-def _pair(size) -> tuple[int, int]:
-  """``image_size`` as (H, W): an int means a square image."""
-  if isinstance(size, int):
-    return size, size
-  h, w = size
-  return int(h), int(w)
+from jaxattn.torch_models.patches import patch_grid
 
 
 class Embedding(nn.Module):
   """``patch`` conv p x p / p plus the learned (1, D, H/p, W/p) map."""
 
   def __init__(self, image_size, patch_size: int, in_channels: int,
-               embedding_dim: int):
+               hidden_dim: int):
     super().__init__()
-    h, w = _pair(image_size)
-    if h % patch_size or w % patch_size:
-      raise ValueError(f"image_size {h}x{w} is not divisible by "
-                       f"patch_size={patch_size}.")
-    self.patch = nn.Conv2d(in_channels, embedding_dim, patch_size,
+    rows, columns = patch_grid(image_size, patch_size)
+    self.patch = nn.Conv2d(in_channels, hidden_dim, patch_size,
                            stride=patch_size)
     self.pos_embedding = nn.Parameter(
-        torch.randn(1, embedding_dim, h // patch_size, w // patch_size))
+        torch.randn(1, hidden_dim, rows, columns))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
     return self.patch(x) + self.pos_embedding
@@ -75,7 +66,7 @@ class MhSelfAttention(nn.Module):
   def __init__(self, dim: int, head_channels: int):
     super().__init__()
     if dim % head_channels:
-      raise ValueError(f"embedding_dim={dim} is not a multiple of "
+      raise ValueError(f"hidden_dim={dim} is not a multiple of "
                        f"head_channels={head_channels}.")
     self.heads = dim // head_channels
     self.head_channels = head_channels
@@ -132,7 +123,7 @@ class ConvViT(nn.Module):
   """
 
   def __init__(self, num_classes: int = 10, patch_size: int = 2,
-               embedding_dim: int = 32, depth: int = 4, head_channels: int = 8,
+               hidden_dim: int = 32, depth: int = 4, head_channels: int = 8,
                mlp_ratio: int = 4, *, image_size=32, in_channels: int = 3,
                dtype=None, chunk_size=None):
     # Flax-only options: the compute dtype (the PyTorch model runs in its
@@ -140,13 +131,13 @@ class ConvViT(nn.Module):
     del dtype, chunk_size
     super().__init__()
     self.embedding = Embedding(image_size, patch_size, in_channels,
-                               embedding_dim)
-    self.transformer = Transformer(embedding_dim, depth, head_channels,
+                               hidden_dim)
+    self.transformer = Transformer(hidden_dim, depth, head_channels,
                                    mlp_ratio)
-    self.norm = nn.LayerNorm(embedding_dim)
+    self.norm = nn.LayerNorm(hidden_dim)
     self.mlp_head = nn.Sequential(nn.GELU(), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(),
-                                  nn.Linear(embedding_dim, num_classes))
+                                  nn.Linear(hidden_dim, num_classes))
 
   def forward(self, images: torch.Tensor) -> torch.Tensor:
     x = self.transformer(self.embedding(images))

@@ -41,6 +41,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from jaxattn.torch_models.patches import patch_grid
+
 IMAGENET_CLASSES = 1000
 REFINEMENTS = ("none", "bottleneck")
 
@@ -52,14 +54,6 @@ _TRUNC_STD = 0.87962566103423978
 def _he_normal_(weight: torch.Tensor, fan_in: int) -> None:
   std = math.sqrt(2.0 / fan_in) / _TRUNC_STD
   nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
-
-
-def _pair(size) -> tuple[int, int]:
-  """``image_size`` as (H, W): an int means a square image."""
-  if isinstance(size, int):
-    return size, size
-  h, w = size
-  return int(h), int(w)
 
 
 # --------------------------------------------------------------------------
@@ -126,28 +120,25 @@ class VisionTransformer(nn.Module):
   parameters). Returns the (B, num_outputs) logits of the class token.
   """
 
-  def __init__(self, patch_size: int = 8, hidden_size: int = 768,
+  def __init__(self, patch_size: int = 8, hidden_dim: int = 768,
                depth: int = 12, num_heads: int = 12, mlp_dim: int = 3072,
                num_outputs: int = IMAGENET_CLASSES, *, image_size=224,
                in_channels: int = 3, dtype=None):
     del dtype  # Flax compute dtype; the PyTorch model runs in its own dtype.
     super().__init__()
-    if hidden_size % num_heads:
-      raise ValueError(f"hidden_size={hidden_size} is not a multiple of "
+    if hidden_dim % num_heads:
+      raise ValueError(f"hidden_dim={hidden_dim} is not a multiple of "
                        f"num_heads={num_heads}.")
-    h, w = _pair(image_size)
-    if h % patch_size or w % patch_size:
-      raise ValueError(f"image_size {h}x{w} is not divisible by "
-                       f"patch_size={patch_size}.")
-    num_patches = (h // patch_size) * (w // patch_size)
-    self.patch_embed = PatchEmbed(patch_size, in_channels, hidden_size)
-    self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_size))
+    rows, columns = patch_grid(image_size, patch_size)
+    num_patches = rows * columns
+    self.patch_embed = PatchEmbed(patch_size, in_channels, hidden_dim)
+    self.cls_token = nn.Parameter(torch.zeros(1, 1, hidden_dim))
     self.pos_embed = nn.Parameter(
-        torch.randn(1, num_patches + 1, hidden_size) * 0.02)
-    self.blocks = nn.Sequential(*[Block(hidden_size, num_heads, mlp_dim)
+        torch.randn(1, num_patches + 1, hidden_dim) * 0.02)
+    self.blocks = nn.Sequential(*[Block(hidden_dim, num_heads, mlp_dim)
                                   for _ in range(depth)])
-    self.norm = nn.LayerNorm(hidden_size, eps=1e-6)
-    self.head = nn.Linear(hidden_size, num_outputs)
+    self.norm = nn.LayerNorm(hidden_dim, eps=1e-6)
+    self.head = nn.Linear(hidden_dim, num_outputs)
     for m in self.modules():  # vit_jax-like: xavier-uniform Linears.
       if isinstance(m, nn.Linear):
         nn.init.xavier_uniform_(m.weight)
@@ -323,7 +314,7 @@ class Hybrid(nn.Module):
   """
 
   def __init__(self, num_classes: int = 10, patch_size: int = 8,
-               hidden_size: int = 768, depth: int = 12, num_heads: int = 12,
+               hidden_dim: int = 768, depth: int = 12, num_heads: int = 12,
                mlp_dim: int = 3072, freeze_backbone: bool = True,
                double_normalization: bool = False,
                duplicate_avg_branch: bool = True, refinement: str = "none", *,
@@ -332,7 +323,7 @@ class Hybrid(nn.Module):
     super().__init__()
     self.freeze_backbone = freeze_backbone
     self.double_normalization = double_normalization
-    self.backbone = VisionTransformer(patch_size, hidden_size, depth, num_heads,
+    self.backbone = VisionTransformer(patch_size, hidden_dim, depth, num_heads,
                                       mlp_dim, IMAGENET_CLASSES,
                                       image_size=image_size,
                                       in_channels=in_channels)

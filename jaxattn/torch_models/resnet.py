@@ -112,6 +112,20 @@ class _Block(nn.Module):
       return x * self._chan_att(x)
     return x
 
+  def _init_shortcut_and_attention(self, downsample, stride: int,
+                                   attention: str, planes: int) -> None:
+    # After the convolutions: torchvision's attribute (state_dict) order.
+    self.downsample = downsample
+    self.stride = stride
+    self._init_attention(attention, planes)
+
+  def _shortcut(self, x: torch.Tensor) -> torch.Tensor:
+    return x if self.downsample is None else self.downsample(x)
+
+  def _attend_and_add(self, out: torch.Tensor,
+                      identity: torch.Tensor) -> torch.Tensor:
+    return self.relu(self._attend(out) + identity)
+
 
 class BasicBlock(_Block):
   """torchvision's ResNet-18/34 block; attention after bn2."""
@@ -127,16 +141,11 @@ class BasicBlock(_Block):
     self.relu = nn.ReLU(inplace=True)
     self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
     self.bn2 = nn.BatchNorm2d(planes)
-    self.downsample = downsample
-    self.stride = stride
-    self._init_attention(attention, planes)
+    self._init_shortcut_and_attention(downsample, stride, attention, planes)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    identity = x if self.downsample is None else self.downsample(x)
     out = self.relu(self.bn1(self.conv1(x)))
-    out = self.bn2(self.conv2(out))
-    out = self._attend(out)
-    return self.relu(out + identity)
+    return self._attend_and_add(self.bn2(self.conv2(out)), self._shortcut(x))
 
 
 class Bottleneck(_Block):
@@ -155,17 +164,12 @@ class Bottleneck(_Block):
     self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
     self.bn3 = nn.BatchNorm2d(planes * 4)
     self.relu = nn.ReLU(inplace=True)
-    self.downsample = downsample
-    self.stride = stride
-    self._init_attention(attention, planes)
+    self._init_shortcut_and_attention(downsample, stride, attention, planes)
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    identity = x if self.downsample is None else self.downsample(x)
     out = self.relu(self.bn1(self.conv1(x)))
     out = self.relu(self.bn2(self.conv2(out)))
-    out = self.bn3(self.conv3(out))
-    out = self._attend(out)
-    return self.relu(out + identity)
+    return self._attend_and_add(self.bn3(self.conv3(out)), self._shortcut(x))
 
 
 class ResNet(nn.Module):

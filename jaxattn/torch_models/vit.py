@@ -20,13 +20,7 @@ LayerNorm eps 1e-5, no dropout. Eval-mode numerics equal
 import torch
 from torch import nn
 
-
-def _pair(size) -> tuple[int, int]:
-  """``image_size`` as (H, W): an int means a square image."""
-  if isinstance(size, int):
-    return size, size
-  h, w = size
-  return int(h), int(w)
+from jaxattn.torch_models.patches import patch_grid
 
 
 class PatchEmbedding(nn.Module):
@@ -35,11 +29,8 @@ class PatchEmbedding(nn.Module):
   def __init__(self, image_size, patch_size: int, in_channels: int,
                hidden_dim: int):
     super().__init__()
-    h, w = _pair(image_size)
-    if h % patch_size or w % patch_size:
-      raise ValueError(f"image_size {h}x{w} is not divisible by "
-                       f"patch_size={patch_size}.")
-    num_patches = (h // patch_size) * (w // patch_size)
+    rows, columns = patch_grid(image_size, patch_size)
+    num_patches = rows * columns
     self.patch_layer = nn.Conv2d(in_channels, hidden_dim, patch_size,
                                  stride=patch_size)
     self.class_token = nn.Parameter(torch.randn(hidden_dim, 1))

@@ -96,12 +96,12 @@ def test_shapes_and_dtypes(name):
   assert out.dtype == expected
 
 
-def test_to_float01_and_normalize():
+def test_to_float01_and_standardize():
   img = np.array([[[0, 51, 255]]], np.uint8)
   x = A.to_float01(img)
   assert x.dtype == tf.float32
   np.testing.assert_allclose(x.numpy(), [[[0.0, 0.2, 1.0]]], atol=1e-7)
-  y = A.normalize(x, _CIFAR_MEAN, _CIFAR_STD).numpy()
+  y = A.standardize(x, _CIFAR_MEAN, _CIFAR_STD).numpy()
   expected = (np.array([0.0, 0.2, 1.0]) - _CIFAR_MEAN) / np.array(_CIFAR_STD)
   np.testing.assert_allclose(y[0, 0], expected, rtol=1e-6)
   with pytest.raises(TypeError):
@@ -507,7 +507,7 @@ def _recipe(index, image):
   image = A.random_horizontal_flip(image, seeds[1])
   image = A.rand_augment(image, seeds[2], num_ops=1, magnitude=8)
   image = A.color_jitter(image, seeds[3], brightness=0.1, contrast=0.1, saturation=0.1)
-  image = A.normalize(A.to_float01(image), _CIFAR_MEAN, _CIFAR_STD)
+  image = A.standardize(A.to_float01(image), _CIFAR_MEAN, _CIFAR_STD)
   return A.random_erasing(image, seeds[4], p=0.25)
 
 

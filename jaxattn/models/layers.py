@@ -1,4 +1,4 @@
-"""Layers that start and normalise as PyTorch's do, for models ported from it.
+"""Flax layers that start and compute as PyTorch's do, for ported models.
 
 The seeds were trained in PyTorch; matching its defaults keeps their recipes'
 starting points and lets converted checkpoints give the same logits:
