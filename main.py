@@ -1,77 +1,13 @@
-r"""Train, resume or evaluate a jaxattn model.
+r"""Train, resume or evaluate a jaxattn model (the command is jaxattn/main.py).
 
   python main.py --config=configs/quickstart.py --workdir=/tmp/quickstart
-  python main.py --config=configs/cifar10_convvit.py:smoke --workdir=W \
-      --config.batch_size=64
-  python main.py --mode=eval --workdir=W [--checkpoint=best|latest|STEP] \
-      [--split='train[90%:]']
+  python main.py --mode=eval --workdir=W [--checkpoint=best|latest|STEP]
 
-Multi-process jobs (one process per GPU) start this same command in every
-process: on SLURM or Open MPI it finds its peers itself; elsewhere pass
---coordinator_address, --num_processes and --process_id (launch/ has
-sbatch, JobSet and local launchers). SIGTERM saves a checkpoint and exits 0;
-the next start resumes.
-
-On a CPU-only host every core becomes a JAX device (data parallel over the
-cores, as over GPUs); --jax_num_cpu_devices=N or JAXATTN_CPU_DEFAULTS=0
-overrides that (jaxattn/cpu_defaults.py).
-
-Rerunning a training command on the same workdir resumes it; a finished run
-is not trained again.
+``python -m jaxattn.main`` and the ``jaxattn`` script of an installed package
+are the same command; ``python main.py --help`` lists every flag.
 """
 
-from absl import app, flags, logging
-
-import jax
-from jaxattn import configlib
-
-flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
-flags.DEFINE_enum("mode", "train", ["train", "eval"],
-                  "train: train and evaluate (resuming); eval: evaluate a "
-                  "checkpoint and write its metrics as JSON in the workdir.")
-flags.DEFINE_string("checkpoint", "best", "--mode=eval: best, latest or a step.")
-flags.DEFINE_string("split", "", "--mode=eval: split to evaluate (TFDS slicing "
-                    "syntax); default: the config's test, else val split.")
-flags.DEFINE_string("coordinator_address", None,
-                    "Multi-process: HOST:PORT of process 0 (not needed on "
-                    "SLURM / Open MPI, where it is detected).")
-flags.DEFINE_integer("num_processes", None,
-                     "Multi-process: processes in the job (detected on SLURM "
-                     "/ Open MPI; 1 forces a single process).")
-flags.DEFINE_integer("process_id", None, "Multi-process: this process, 0..N-1.")
-flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
-                     "Multi-process: a peer silent this long is dead and the "
-                     "job aborts instead of hanging.")
-configlib.define_config_flag()
-flags.mark_flags_as_required(["workdir"])
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Imported here so that --help stays fast and TF hides GPUs before use.
-  from jaxattn import cpu_defaults, distributed, evaluate, train  # pylint: disable=g-import-not-at-top
-
-  cpu_defaults.configure()  # CPU-only host: a JAX device per core.
-  distributed.initialize(distributed.Launch(
-      coordinator_address=FLAGS.coordinator_address,
-      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-      heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds))
-  logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
-               jax.process_count(), jax.local_devices())
-  if FLAGS.mode == "eval":  # The workdir's own config unless --config.
-    evaluate.evaluate_checkpoint(FLAGS.workdir, checkpoint=FLAGS.checkpoint,
-                                 split=FLAGS.split, config=FLAGS.config)
-  else:
-    try:
-      config = configlib.config_from_flag()
-    except configlib.ConfigError as e:
-      raise app.UsageError(str(e)) from None
-    train.train_and_evaluate(config, FLAGS.workdir)
-  distributed.shutdown()  # Finished (or preempted and saved): leave together.
-
+from jaxattn.main import run
 
 if __name__ == "__main__":
-  jax.config.config_with_absl()
-  app.run(main)
+  run()

@@ -26,10 +26,10 @@ def get_config(arg=None):
 
   if arg.model == "conv_vit":
     c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
-                   head_channels=8)
+                   head_channels=8, drop_path_rate=0.0)
   elif arg.model == "vit":
     c.model = dict(name="vit", patch_size=4, hidden_dim=64, depth=4,
-                   num_heads=4, mlp_dim=128)
+                   num_heads=4, mlp_dim=128, drop_path_rate=0.0)
   else:
     raise ValueError(f"quickstart model must be conv_vit or vit, not {arg.model!r}.")
 

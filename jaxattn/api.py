@@ -27,4 +27,4 @@ def load(workdir_or_checkpoint_dir: str, step: int | str | None = None
                                          else "latest")
   exp = experiment.Experiment.for_workdir(workdir)
   state, _, _ = exp.restore(which)
-  return exp.model, jax.device_get(state.variables()), exp.config
+  return exp.model, jax.device_get(exp.eval_variables(state)), exp.config

@@ -51,9 +51,12 @@ def _drop_empty(tree: Any) -> Any:
 
 
 def _restore_empty(restored: Any, target: Any) -> Any:
+  # A None in the target is an absent part of the state (no EMA weights):
+  # it stays None. A None restored for an array is a zero-size leaf.
   return jax.tree.map(
-      lambda t, r: jnp.zeros(t.shape, t.dtype, device=t.sharding)
-      if r is None else r, target, restored, is_leaf=lambda x: x is None)
+      lambda t, r: t if t is None else (
+          jnp.zeros(t.shape, t.dtype, device=t.sharding) if r is None else r),
+      target, restored, is_leaf=lambda x: x is None)
 
 
 class RunCheckpoints:

@@ -25,8 +25,43 @@ from absl import flags
 from ml_collections import config_flags
 
 _BOOLEAN = flags.BooleanParser()
-CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), "configs")
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+# configs/ of a checkout; an installed wheel carries the same files as
+# jaxattn/configs/ (pyproject.toml maps the package there).
+CONFIGS_DIR = os.path.join(os.path.dirname(_PACKAGE_DIR), "configs")
+_CONFIG_DIRS = (CONFIGS_DIR, os.path.join(_PACKAGE_DIR, "configs"))
+
+
+def find_config(spec: str) -> str:
+  """``FILE[:ARG]``, or a bundled config's ``NAME[.py][:ARG]`` as its path.
+
+  A path that exists is kept; otherwise a bare name (``cifar10_convvit``)
+  is looked up among the configs that ship with jaxattn, so an installed
+  package trains without a checkout. Anything else is returned as given
+  (the loader then says the file does not exist).
+  """
+  path, sep, arg = spec.partition(":")
+  if os.path.exists(path) or os.sep in path or "/" in path:
+    return spec
+  name = path if path.endswith(".py") else f"{path}.py"
+  for directory in _CONFIG_DIRS:
+    candidate = os.path.join(directory, name)
+    if os.path.isfile(candidate):
+      return candidate + sep + arg
+  return spec
+
+
+def expand_bundled_config(argv: Sequence[str], name: str = "config"
+                          ) -> list[str]:
+  """argv with ``--config=NAME[:ARG]`` resolved by :func:`find_config`."""
+  out, argv = [], list(argv)
+  for i, token in enumerate(argv):
+    if token.startswith(f"--{name}="):
+      token = f"--{name}=" + find_config(token.split("=", 1)[1])
+    elif i and argv[i - 1] == f"--{name}":
+      token = find_config(token)
+    out.append(token)
+  return out
 
 
 class ConfigError(ValueError):
@@ -44,10 +79,13 @@ def define_config_flag(name: str = "config",
 
 
 def _known_configs() -> str:
-  if not os.path.isdir(CONFIGS_DIR):
-    return ""
-  names = sorted(f for f in os.listdir(CONFIGS_DIR) if f.endswith(".py"))
-  return f"\nConfigs in {CONFIGS_DIR}: {', '.join(names)}."
+  for directory in _CONFIG_DIRS:
+    if os.path.isdir(directory):
+      names = sorted(f[:-3] for f in os.listdir(directory)
+                     if f.endswith(".py") and not f.startswith("_"))
+      return (f"\nBundled configs (--config=NAME[:ARG], in {directory}): "
+              f"{', '.join(names)}.")
+  return ""
 
 
 def config_from_flag(name: str = "config",
@@ -79,6 +117,7 @@ def load(spec: str, overrides: Mapping[str, Any] | Sequence[str] = ()
   """
   if isinstance(overrides, Mapping):
     overrides = [f"{k}={v}" for k, v in overrides.items()]
+  spec = find_config(spec)
   argv = ["jaxattn", f"--config={spec}",
           *(f"--config.{o}" for o in overrides)]
   flag_values = flags.FlagValues()
@@ -142,6 +181,10 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Data. See jaxattn/data/sources.py for the dataset string syntax.
   c.dataset = "offline:digits"
+  # Importable modules (e.g. ("my_pkg.my_sources",)) imported before
+  # `dataset` is resolved: each may add a kind of dataset string with
+  # jaxattn.data.sources.register_source, without editing this package.
+  c.source_modules = ()
   c.data_dir = ""  # TFDS data_dir; "" for TFDS's default.
   c.manual_dir = ""  # TFDS manual_dir for datasets that need one.
   c.download = True
@@ -151,6 +194,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.image_size = (32, 32)  # Model input (H, W); images are resized to it.
   c.pixel_mean = (0.0,)  # In [0, 1] units, one per channel (or one for all).
   c.pixel_std = (1.0,)
+  # Evaluation (and predict, explain, the feature cache): 0 resizes straight
+  # to image_size; f in (0, 1] resizes keeping the aspect ratio so the
+  # image covers image_size / f (for a square image_size: the shorter side
+  # to image_size / f), then centre-crops image_size (ImageNet's 0.875).
+  c.eval_crop_fraction = 0.0
   c.cache = True  # Keep decoded images in memory (small datasets).
   c.shuffle_buffer = 50_000
   c.augment = ml_collections.ConfigDict(dict(
@@ -178,9 +226,25 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 256
 
   # Optimisation.
+  # weight_decay_exclude: regex over '/'-joined parameter paths that get no
+  # weight decay, e.g. ".*(bias|scale|pos_embedding|class_token).*" (DeiT).
   c.optimizer = ml_collections.ConfigDict(dict(
       name="adam", b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0,
-      momentum=0.9, nesterov=False))
+      momentum=0.9, nesterov=False, weight_decay_exclude=""))
+  # Average the gradients of k steps, then update once (optax.MultiSteps):
+  # batch_size * k in pieces of batch_size. Schedules still count steps.
+  c.grad_accum_steps = 1
+  # Weight EMA (optax.incremental_update after every update): 0 = off, else
+  # e.g. 0.9999. With eval_ema, evaluation, the best checkpoint's choice and
+  # jaxattn.load / predict / convert use the EMA weights.
+  c.ema_decay = 0.0
+  c.eval_ema = True
+  # Mixup / CutMix in the train step, from the step's key (timm's Mixup,
+  # batch mode): with probability `prob` a batch is mixed with its reverse,
+  # by CutMix with probability switch_prob when both alphas are set. The
+  # targets are mixed too, with config.label_smoothing. 0 alphas = off.
+  c.mixup = ml_collections.ConfigDict(dict(
+      mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5))
   c.schedule = ml_collections.ConfigDict(dict(
       name="constant", lr=1e-3, warmup_epochs=0.0, end_lr=0.0,
       knots=((0.0, 1.0),), decay_rate=0.1, decay_every_epochs=30.0,
@@ -234,6 +298,14 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 0  # 0: at every evaluation (end of epoch).
   c.keep_checkpoints = 3
   c.log_every_steps = 50
+  # Trace these train steps with jax.profiler (CLU's periodic_actions.Profile)
+  # into WORKDIR/plugins/profile, for TensorBoard's profile plugin: (first,
+  # count), e.g. (10, 5); (0, 0) = off.
+  c.profile_steps = (0, 0)
+  # Also log to Weights & Biases when set (needs `pip install wandb`);
+  # wandb_mode "offline" writes WORKDIR/wandb without a network.
+  c.wandb_project = ""
+  c.wandb_mode = "online"
   return c
 
 

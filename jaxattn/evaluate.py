@@ -44,7 +44,8 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   writer = metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() != 0)
   pictures = plots.write_run_report(
-      exp, workdir, state.variables(), writer, step, split=split, confusion_file=f"confusion_{safe_split}_step{step}.png",
+      exp, workdir, exp.eval_variables(state), writer, step, split=split,
+      confusion_file=f"confusion_{safe_split}_step{step}.png",
       image_prefix=f"eval_{safe_split}/")
   writer.close()
   if jax.process_index() == 0:

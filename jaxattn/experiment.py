@@ -32,8 +32,8 @@ import jax.numpy as jnp
 import ml_collections
 from absl import logging
 
-from jaxattn import (checkpointing, configlib, optim, parallel, pretrained,
-                     steps)
+from jaxattn import (checkpointing, configlib, mixing, optim, parallel,
+                     pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model, get_interface
 from jaxattn.models import interface as interface_lib
@@ -99,6 +99,7 @@ class Experiment:
     # --- Model, loss and optimizer -----------------------------------------
     self.model = build_model(config)
     self.loss_spec = self.interface.loss_spec(config)
+    self.mix = mixing.MixSpec.from_config(config)
     # What the steps are fed: the model's own inputs, until with_features.
     self.input_kind = self.interface.input_kind(config)
     self.input_shape = tuple(self.interface.init_shape(config))
@@ -156,7 +157,18 @@ class Experiment:
   def _create_state(self, rng: jax.Array) -> steps.TrainState:
     return steps.create_train_state(
         rng, model=self.model, tx=self.tx,
-        input_shape=self.interface.init_shape(self.config))
+        input_shape=self.interface.init_shape(self.config),
+        ema=bool(self.config.get("ema_decay", 0.0)))
+
+  @property
+  def use_ema(self) -> bool:
+    """Evaluation, the best checkpoint and inference use the EMA weights."""
+    return bool(self.config.get("ema_decay", 0.0) and
+                self.config.get("eval_ema", True))
+
+  def eval_variables(self, state: steps.TrainState) -> PyTree:
+    """The variables evaluation and inference use (EMA weights or not)."""
+    return state.variables(self.use_ema)
 
   def _abstract_state(self) -> PyTree:
     """Shardings follow config.sharding_rules (replicated, or FSDP over the
@@ -227,7 +239,12 @@ class Experiment:
     return jax.jit(
         functools.partial(steps.train_step, model=model or self.model,
                           tx=self.tx, learning_rate_fn=self.learning_rate_fn,
+                          num_classes=self.config.num_classes,
                           loss_spec=self.loss_spec, method=self.apply_method,
+                          mix=self.mix,
+                          ema_decay=self.config.get("ema_decay", 0.0),
+                          grad_accum_steps=self.config.get(
+                              "grad_accum_steps", 1),
                           parallel=self.config.parallel, mesh=self.mesh),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
@@ -241,7 +258,8 @@ class Experiment:
   def eval_fn(self):
     return jax.jit(
         functools.partial(steps.eval_step, model=self.model,
-                          loss_spec=self.loss_spec, method=self.apply_method),
+                          loss_spec=self.loss_spec, method=self.apply_method,
+                          use_ema=self.use_ema),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=parallel.replicated(self.mesh))
 
@@ -284,6 +302,19 @@ class Experiment:
 # Resolving a config against its data.
 # ----------------------------------------------------------------------------
 def get_source(config: ml_collections.ConfigDict) -> sources.DataSource:
+  """config.dataset's source, after importing config.source_modules (whose
+  import registers their kinds: sources.register_source)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  modules = config.get("source_modules", ())  # Absent from older workdirs.
+  for module in [modules] if isinstance(modules, str) else modules:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise sources.DatasetError(
+          f"config.source_modules: cannot import {module!r} ({e}). List "
+          "importable module names, e.g. --config.source_modules="
+          "'(\"my_pkg.my_sources\",)', with the module's package installed "
+          "or its parent directory on PYTHONPATH.") from None
   return sources.get_source(config.dataset, data_dir=config.data_dir or None,
                             manual_dir=config.manual_dir or None,
                             download=config.download)

@@ -102,7 +102,7 @@ def load_run(workdir: str, checkpoint: str = "best") -> Run:
     raise InputError(str(e)) from None
   finally:
     ckpt.close()
-  return Run(exp.model, jax.device_get(state.variables()), exp.config,
+  return Run(exp.model, jax.device_get(exp.eval_variables(state)), exp.config,
              int(step))
 
 

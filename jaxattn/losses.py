@@ -41,12 +41,13 @@ class LossSpec:
       return jnp.log(jnp.clip(output, 1e-7, 1.0 - 1e-7))
     return output
 
-  def per_example(self, model_output, labels: jax.Array
-                  ) -> dict[str, jax.Array]:
-    """Per-example loss and top-1/top-5 hits."""
+  def per_example(self, model_output, labels: jax.Array,
+                  targets: jax.Array | None = None) -> dict[str, jax.Array]:
+    """Per-example loss and top-1/top-5 hits; ``targets`` (soft, e.g. from
+    Mixup) replace the label-smoothed one-hots in the loss."""
     if not isinstance(model_output, dict):
       return per_example_outputs(self.as_logits(model_output), labels,
-                                 self.label_smoothing)
+                                 self.label_smoothing, targets)
     missing = [k for k, _ in self.output_weights if k not in model_output]
     if missing or self.metric_output not in model_output:
       raise ValueError(
@@ -54,22 +55,26 @@ class LossSpec:
           f"config.loss_weights names {[k for k, _ in self.output_weights]} "
           f"and config.metric_output is {self.metric_output!r}.")
     result = per_example_outputs(self.as_logits(model_output[
-        self.metric_output]), labels, self.label_smoothing)
+        self.metric_output]), labels, self.label_smoothing, targets)
     result["loss"] = sum(
         weight * per_example_outputs(self.as_logits(model_output[name]),
-                                     labels, self.label_smoothing)["loss"]
+                                     labels, self.label_smoothing,
+                                     targets)["loss"]
         for name, weight in self.output_weights)
     return result
 
 
 def per_example_outputs(logits: jax.Array, labels: jax.Array,
-                        label_smoothing: float = 0.0) -> dict[str, jax.Array]:
-  """Cross-entropy and top-1/top-5 hits for each example."""
+                        label_smoothing: float = 0.0,
+                        targets: jax.Array | None = None
+                        ) -> dict[str, jax.Array]:
+  """Cross-entropy and top-1/top-5 hits (against ``labels``) per example."""
   logits = logits.astype(jnp.float32)
   num_classes = logits.shape[-1]
-  targets = jax.nn.one_hot(labels, num_classes)
-  if label_smoothing:
-    targets = optax.smooth_labels(targets, label_smoothing)
+  if targets is None:
+    targets = jax.nn.one_hot(labels, num_classes)
+    if label_smoothing:
+      targets = optax.smooth_labels(targets, label_smoothing)
   loss = optax.softmax_cross_entropy(logits, targets)
   top1 = (jnp.argmax(logits, -1) == labels).astype(jnp.float32)
   k = min(5, num_classes)

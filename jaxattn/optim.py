@@ -70,37 +70,66 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule
                      ) -> optax.GradientTransformation:
-  """Gradient clipping (optional) followed by the configured optimizer."""
+  """Gradient clipping (optional) followed by the configured optimizer.
+
+  ``config.optimizer.weight_decay_exclude``: a regex over '/'-joined
+  parameter paths that get no weight decay (DeiT/timm: biases, norms,
+  position embeddings and class tokens). ``config.grad_accum_steps`` = k > 1
+  averages the gradients of k consecutive steps and updates once
+  (``optax.MultiSteps``): a batch k times larger in k smaller pieces. The
+  schedule still counts steps (micro-batches).
+  """
   o = config.optimizer
+  accum = int(config.get("grad_accum_steps", 1) or 1)
+  if accum < 1:
+    raise ValueError(f"config.grad_accum_steps={accum} must be >= 1.")
+  if accum > 1:  # The optimizer counts updates; the schedule counts steps.
+    schedule = learning_rate_fn
+    learning_rate_fn = lambda count: schedule(count * accum)
+  decay_mask = _decay_mask(o.get("weight_decay_exclude", ""))
   if o.name == "adam":
     opt = optax.adam(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps)
     if o.weight_decay:  # PyTorch Adam's coupled L2 decay.
-      opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+      opt = optax.chain(optax.add_decayed_weights(o.weight_decay,
+                                                  mask=decay_mask), opt)
   elif o.name == "adamw":
-    # Decoupled decay on every parameter, as torch.optim.AdamW does.
+    # Decoupled decay (on every parameter unless excluded), as
+    # torch.optim.AdamW does.
     opt = optax.adamw(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps,
-                      weight_decay=o.weight_decay)
+                      weight_decay=o.weight_decay, mask=decay_mask)
   elif o.name == "adamax":
     opt = optax.adamax(learning_rate_fn, b1=o.b1, b2=o.b2, eps=o.eps)
   elif o.name == "sgd":
     opt = optax.sgd(learning_rate_fn, momentum=o.momentum or None,
                     nesterov=o.nesterov)
     if o.weight_decay:
-      opt = optax.chain(optax.add_decayed_weights(o.weight_decay), opt)
+      opt = optax.chain(optax.add_decayed_weights(o.weight_decay,
+                                                  mask=decay_mask), opt)
   else:
     raise ValueError(f"Unknown config.optimizer.name {o.name!r}; known: "
                      f"{', '.join(OPTIMIZERS)}.")
   if config.grad_clip_norm:
     opt = optax.chain(_clip(config.grad_clip_norm, config.grad_clip_mode), opt)
-  if not config.frozen_params:
-    return opt
-  # Frozen parameters get no update, no weight decay, and take no part in
-  # the clipping norm: as if PyTorch had requires_grad=False on them.
-  return optax.multi_transform(
-      {"train": opt, "frozen": optax.set_to_zero()},
-      lambda params: jax.tree.map(lambda frozen: "frozen" if frozen else
-                                  "train", frozen_mask(params,
-                                                       config.frozen_params)))
+  if config.frozen_params:
+    # Frozen parameters get no update, no weight decay, and take no part in
+    # the clipping norm: as if PyTorch had requires_grad=False on them.
+    opt = optax.multi_transform(
+        {"train": opt, "frozen": optax.set_to_zero()},
+        lambda params: jax.tree.map(lambda frozen: "frozen" if frozen else
+                                    "train", frozen_mask(params,
+                                                         config.frozen_params)))
+  if accum > 1:
+    opt = optax.MultiSteps(opt, every_k_schedule=accum)
+  return opt
+
+
+def _decay_mask(pattern: str):
+  """None (decay everything), or params -> True where decay applies."""
+  if not pattern:
+    return None
+  matches = path_matcher(pattern, "config.optimizer.weight_decay_exclude")
+  return lambda params: jax.tree.map(lambda excluded: not excluded,
+                                     matches(params))
 
 
 def _clip(max_norm: float, mode: str) -> optax.GradientTransformation:
@@ -131,12 +160,18 @@ def param_paths(params):
       params)
 
 
-def frozen_mask(params, pattern: str):
-  """True for parameters whose path fully matches the regex `pattern`."""
+def path_matcher(pattern: str, key: str):
+  """params -> True where the '/'-joined path fully matches `pattern`;
+  a bad regex is reported under the config ``key`` that holds it."""
   try:
     regex = re.compile(pattern)
   except re.error as e:
-    raise ValueError(f"config.frozen_params={pattern!r} is not a valid "
-                     f"regular expression: {e}.") from None
-  return jax.tree.map(lambda path: bool(regex.fullmatch(path)),
-                      param_paths(params))
+    raise ValueError(f"{key}={pattern!r} is not a valid regular "
+                     f"expression: {e}.") from None
+  return lambda params: jax.tree.map(lambda path: bool(regex.fullmatch(path)),
+                                     param_paths(params))
+
+
+def frozen_mask(params, pattern: str):
+  """True for parameters whose path fully matches the regex `pattern`."""
+  return path_matcher(pattern, "config.frozen_params")(params)

@@ -34,6 +34,12 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   clipping 1.0, the per-iteration piecewise-linear one-cycle 0 -> 0.01 (epoch
   10) -> 5e-4 (epoch 20) -> 0 (epoch 25), batch 128 (eval 64), mixed
   precision, and its torchvision augmentations.
+
+  Model options (``config.model``, the fields of
+  ``jaxattn.models.conv_vit.ConvViT``): patch_size, hidden_dim, depth,
+  head_channels, mlp_ratio, chunk_size, and drop_path_rate: stochastic depth
+  (timm's per-block rates, up to this in the last block), 0.0 here because
+  the seed did not use it; ``--config.model.drop_path_rate=0.1`` turns it on.
   """
   c = configlib.base_config()
   c.dataset = "tfds:cifar10"
@@ -46,7 +52,7 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.augment.color_jitter = (0.1, 0.1, 0.1)
   c.augment.random_erasing = 0.25
   c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
-                 head_channels=8, mlp_ratio=4)
+                 head_channels=8, mlp_ratio=4, drop_path_rate=0.0)
   c.num_epochs = 25
   c.batch_size, c.eval_batch_size = 128, 64
   c.optimizer.update(name="adamw", eps=1e-8, weight_decay=0.01)
@@ -73,10 +79,16 @@ def seed002_vit() -> ml_collections.ConfigDict:
   Patch 4, 12 blocks of the author's one-LayerNorm design, 8 heads, D=256,
   MLP 512; inputs in [0, 1] without mean/std normalisation; no schedule, no
   weight decay; CIFAR gets RandomResizedCrop (default scale/ratio) + flip.
+
+  Model options (``config.model``, the fields of ``jaxattn.models.vit.ViT``):
+  patch_size, hidden_dim, depth, num_heads, mlp_dim, and drop_path_rate:
+  stochastic depth (timm's per-block rates, up to this in the last block),
+  0.0 here because the seed did not use it;
+  ``--config.model.drop_path_rate=0.1`` turns it on.
   """
   c = configlib.base_config()
   c.model = dict(name="vit", patch_size=4, hidden_dim=256, depth=12,
-                 num_heads=8, mlp_dim=512)
+                 num_heads=8, mlp_dim=512, drop_path_rate=0.0)
   c.batch_size, c.eval_batch_size = 32, 256
   c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-4

@@ -24,6 +24,7 @@ import optax
 from clu import metrics
 from jax.sharding import Mesh, PartitionSpec as P
 
+from jaxattn import mixing
 from jaxattn.losses import LossSpec
 from jaxattn.parallel import DATA_AXIS
 
@@ -38,9 +39,15 @@ class TrainState:
   batch_stats: PyTree  # {} for models without BatchNorm.
   opt_state: optax.OptState
   rng: jax.Array  # Raw uint32 key; per-step keys are folded in from `step`.
+  # The weights' exponential moving average (config.ema_decay); None: off.
+  ema_params: PyTree = None
 
-  def variables(self) -> dict[str, PyTree]:
-    return variables_of(self.params, self.batch_stats)
+  def variables(self, use_ema: bool = False) -> dict[str, PyTree]:
+    """Flax variables of the model; ``use_ema``: the EMA weights (when the
+    run keeps them) with the current BatchNorm statistics."""
+    params = (self.ema_params if use_ema and self.ema_params is not None
+              else self.params)
+    return variables_of(params, self.batch_stats)
 
 
 def variables_of(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
@@ -50,6 +57,8 @@ def variables_of(params: PyTree, batch_stats: PyTree) -> dict[str, PyTree]:
   return variables
 
 
+# Folded into the step's key for Mixup/CutMix draws ("mix").
+_MIX_STREAM = 0x6D6978
 # No step can be this late: "no non-finite loss yet".
 _NEVER = jnp.iinfo(jnp.int32).max
 
@@ -96,7 +105,8 @@ class EvalMetrics(metrics.Collection):
 
 def create_train_state(rng: jax.Array, *, model: nn.Module,
                        tx: optax.GradientTransformation,
-                       input_shape: tuple[int, ...]) -> TrainState:
+                       input_shape: tuple[int, ...],
+                       ema: bool = False) -> TrainState:
   """Initial state; jit it with out_shardings to create it already sharded.
 
   ``input_shape`` is one example of what ``model.__call__`` takes (an image
@@ -109,12 +119,14 @@ def create_train_state(rng: jax.Array, *, model: nn.Module,
   params = variables["params"]
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=variables.get("batch_stats", {}),
-                    opt_state=tx.init(params), rng=state_rng)
+                    opt_state=tx.init(params), rng=state_rng,
+                    ema_params=params if ema else None)
 
 
 def _update(state: TrainState, batch: Batch, *, model: nn.Module,
             tx: optax.GradientTransformation, loss_spec: LossSpec,
-            method: str | None = None, axis_name: str | None = None
+            method: str | None = None, ema_decay: float = 0.0,
+            grad_accum_steps: int = 1, axis_name: str | None = None
             ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimizer update; with `axis_name`, on one device's slice."""
   rng = jax.random.fold_in(state.rng, state.step)
@@ -127,7 +139,8 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
                       train=True, mutable=mutable, rngs={"dropout": rng},
                       method=method)
     model_output, new_vars = out if mutable else (out, {})
-    outputs = loss_spec.per_example(model_output, batch["label"])
+    outputs = loss_spec.per_example(model_output, batch["label"],
+                                    batch.get("targets"))
     return outputs["loss"].mean(), (outputs, new_vars.get("batch_stats", {}))
 
   grads, (outputs, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -138,21 +151,44 @@ def _update(state: TrainState, batch: Batch, *, model: nn.Module,
   params = optax.apply_updates(state.params, updates)
   new_state = state.replace(step=state.step + 1, params=params,
                             batch_stats=batch_stats, opt_state=opt_state)
+  if ema_decay:
+    # After each optimizer update (every grad_accum_steps-th step).
+    updated = (state.step + 1) % grad_accum_steps == 0
+    moved = optax.incremental_update(params, state.ema_params,
+                                     step_size=1.0 - ema_decay)
+    new_state = new_state.replace(ema_params=jax.tree.map(
+        lambda new, old: jnp.where(updated, new, old), moved,
+        state.ema_params))
   return new_state, outputs
 
 
 def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                tx: optax.GradientTransformation, learning_rate_fn,
+               num_classes: int = 0,
                loss_spec: LossSpec = LossSpec(), method: str | None = None,
-               parallel: str = "jit", mesh: Mesh | None = None
-               ) -> tuple[TrainState, TrainMetrics]:
+               mix: mixing.MixSpec = mixing.MixSpec(), ema_decay: float = 0.0,
+               grad_accum_steps: int = 1, parallel: str = "jit",
+               mesh: Mesh | None = None) -> tuple[TrainState, TrainMetrics]:
   """One step on a global batch; returns the new state and its metrics.
 
   ``method`` is the model method that takes the batch's inputs (None:
-  ``__call__``; see ``Experiment.with_features``).
+  ``__call__``; see ``Experiment.with_features``). ``mix``: Mixup / CutMix
+  of the global batch from the step's key. ``ema_decay``: keep the weights'
+  EMA in ``state.ema_params`` (updated with the optimizer's updates, every
+  ``grad_accum_steps`` steps).
   """
   update = functools.partial(_update, model=model, tx=tx,
-                             loss_spec=loss_spec, method=method)
+                             loss_spec=loss_spec, method=method,
+                             ema_decay=ema_decay,
+                             grad_accum_steps=grad_accum_steps)
+  if mix.enabled:  # Its own stream: dropout keys stay as without mixing.
+    if not num_classes:
+      raise ValueError("Mixup/CutMix needs num_classes for its targets.")
+    key = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                             _MIX_STREAM)
+    images, targets = mixing.mix_batch(key, batch["image"], batch["label"],
+                                       num_classes, mix)
+    batch = dict(batch, image=images, targets=targets)
   if parallel == "pmap":
     # check_vma=False gives pmap's semantics: gradients stay per device
     # until the explicit pmean. (With it on, differentiating replicated
@@ -171,10 +207,10 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
 
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module,
-              loss_spec: LossSpec = LossSpec(), method: str | None = None
-              ) -> EvalMetrics:
+              loss_spec: LossSpec = LossSpec(), method: str | None = None,
+              use_ema: bool = False) -> EvalMetrics:
   """Metrics of one padded batch; examples with mask 0 do not count."""
-  output = model.apply(state.variables(), batch["image"], train=False,
+  output = model.apply(state.variables(use_ema), batch["image"], train=False,
                        method=method)
   return EvalMetrics.single_from_model_output(
       mask=batch["mask"], **loss_spec.per_example(output, batch["label"]))

@@ -38,8 +38,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   exp = experiment.Experiment(config, workdir=workdir)
   _check_same_run(workdir, exp.config)
   checkpointing.save_config(workdir, exp.config)
-  writer = metric_writers.create_default_writer(
-      workdir, just_logging=not distributed.is_chief(), asynchronous=True)
+  writer = _create_writer(exp.config, workdir)
   ckpt = checkpointing.RunCheckpoints(workdir,
                                       keep=exp.config.keep_checkpoints)
   try:
@@ -86,6 +85,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   report_progress = periodic_actions.ReportProgress(
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
+  profile = _profiler(config, workdir)
   guard = periodic.NonFiniteGuard(ckpt)
   train_log = periodic.TrainLog(exp, writer, start_step)
   epoch_timer = periodic.EpochTimer(exp, writer, start_step)
@@ -103,6 +103,8 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     step += 1
     train_log.add(step_metrics)
     report_progress(step)
+    if profile is not None:
+      profile(step)
     epoch = math.ceil(step / exp.steps_per_epoch)
     end_of_epoch = step % exp.steps_per_epoch == 0 or step == total_steps
     # Every process asks every step; all see the preemption at one step.
@@ -154,11 +156,39 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                  results["test"])
   # curves.png and confusion_matrix.png (test split, else validation), also
   # as TensorBoard images. Every process takes part in the predictions.
-  plots.write_run_report(exp, workdir, state.variables(), writer, step)
+  plots.write_run_report(exp, workdir, exp.eval_variables(state), writer,
+                         step)
   if distributed.is_chief():
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def _profiler(config: ml_collections.ConfigDict, workdir: str):
+  """config.profile_steps = (first, count): a jax.profiler trace of those
+  steps in WORKDIR/plugins/profile (TensorBoard's profile plugin)."""
+  first, count = (int(x) for x in config.get("profile_steps", (0, 0)))
+  if count <= 0:
+    return None
+  if first < 1:
+    raise ValueError(f"config.profile_steps={tuple(config.profile_steps)}: "
+                     "the first traced step must be >= 1, e.g. (10, 5).")
+  return periodic_actions.Profile(
+      logdir=workdir, first_profile=first, num_profile_steps=count,
+      profile_duration_ms=None, every_steps=None, every_secs=None)
+
+
+def _create_writer(config: ml_collections.ConfigDict, workdir: str):
+  """TensorBoard (and the log) on process 0; wandb too when configured."""
+  writer = metric_writers.create_default_writer(
+      workdir, just_logging=not distributed.is_chief(), asynchronous=True)
+  if not (config.get("wandb_project") and distributed.is_chief()):
+    return writer
+  from jaxattn import wandb_writer  # pylint: disable=g-import-not-at-top
+  wandb = wandb_writer.WandbWriter(
+      workdir, project=config.wandb_project,
+      mode=config.get("wandb_mode", "online"))
+  return metric_writers.MultiWriter([writer, metric_writers.AsyncWriter(wandb)])
 
 
 def _read_results(workdir: str) -> dict[str, Any]:
@@ -179,11 +209,27 @@ def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
     old, new = saved.get(key), config.get(key)
     old = old.to_dict() if hasattr(old, "to_dict") else old
     new = new.to_dict() if hasattr(new, "to_dict") else new
+    if key == "model":  # A model option added since: its default was used.
+      old, new = _with_defaults(old), _with_defaults(new)
     if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True,
                                                      default=list):
       raise ValueError(
           f"{workdir} holds a run with config.{key}={old!r}, but this run has "
           f"{new!r}. Resume it with its own config, or use a new --workdir.")
+
+
+def _with_defaults(model: dict[str, Any]) -> dict[str, Any]:
+  """config.model with every constructor option the module has (defaults
+  for those it does not name), so that two spellings of one model match."""
+  from jaxattn.models import get_model_class  # pylint: disable=g-import-not-at-top
+  try:
+    fields = get_model_class(model["name"]).__dataclass_fields__
+  except (ValueError, KeyError, AttributeError):
+    return model
+  defaults = {k: f.default for k, f in fields.items()
+              if k not in ("parent", "name", "num_classes", "dtype")
+              and isinstance(f.default, (int, float, str, bool, type(None)))}
+  return {**defaults, **model}
 
 
 def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

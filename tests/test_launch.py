@@ -39,15 +39,17 @@ def _render_sbatch(tmp_path, *, results_exist: bool):
   calls = tmp_path / "calls.txt"
   for name in ("srun", "scontrol"):
     stub = stubs / name
-    stub.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\n')
+    stub.write_text(f'#!/bin/bash\necho "{name} $*" >> {calls}\n'
+                    f'echo "$JAXATTN_COMPILATION_CACHE" > {tmp_path}/cache\n')
     stub.chmod(0o755)
   workdir = tmp_path / "run"
   workdir.mkdir()
   if results_exist:
     (workdir / "results.json").write_text("{}")
-  env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}",
+  env = dict(os.environ, PATH=f"{stubs}:{os.environ['PATH']}", HOME="/home/u",
              SLURM_JOB_ID="4242", SLURM_JOB_NUM_NODES="2", SLURM_NTASKS="16",
              SLURM_SUBMIT_DIR="/cluster/jaxattn", JAXATTN_PYTHON="/env/python")
+  env.pop("JAXATTN_COMPILATION_CACHE", None)  # The script's own default.
   proc = subprocess.run(
       ["bash", str(SBATCH), "configs/food101_hybrid.py", str(workdir),
        "--config.batch_size=512"], env=env, capture_output=True, text=True,
@@ -66,6 +68,9 @@ def test_sbatch_renders_one_srun_of_main_py(tmp_path):
                      "--config=configs/food101_hybrid.py",
                      f"--workdir={tmp_path / 'run'}",
                      "--config.batch_size=512"]
+  # Requeued jobs find the compiled steps on the shared home.
+  assert (tmp_path / "cache").read_text().strip() == (
+      "/home/u/.cache/jaxattn/xla")
 
 
 def test_sbatch_requeues_an_unfinished_run(tmp_path):
@@ -95,6 +100,11 @@ def test_jobset_runs_one_process_per_node_on_2_nodes_of_8_gpus():
   assert flags["--coordinator_address"].startswith(f"{name}-{rjob}-0-0.{name}:")
   assert jobset["spec"]["network"]["enableDNSHostnames"] is True
   assert pod["terminationGracePeriodSeconds"] >= 60  # Time to save.
+  # The compilation cache is on the volume every pod (and restart) mounts.
+  [cache] = [e for e in container["env"]
+             if e["name"] == "JAXATTN_COMPILATION_CACHE"]
+  [mount] = [m for m in container["volumeMounts"] if m["name"] == "runs"]
+  assert cache["value"].startswith(mount["mountPath"] + "/")
 
 
 def test_local_launcher_needs_main_args_after_double_dash():

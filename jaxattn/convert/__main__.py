@@ -5,11 +5,18 @@ r"""Convert checkpoints between jaxattn (Flax) and PyTorch.
   python -m jaxattn.convert from-torch FILE --config=configs/NAME.py[:ARGS] \
       --out DIR [--layout NAME] [--overwrite] [--config.KEY=VALUE ...]
   python -m jaxattn.convert layouts [MODEL]
+  python -m jaxattn.convert export WORKDIR_OR_CHECKPOINT --out FILE \
+      [--step N|best|latest] [--batch_size N|0] [--overwrite]
 
 to-torch writes a PyTorch state_dict (.safetensors; .pt/.pth/.bin with
 torch.save; .npz for the vit_jax layout) that loads with
 load_state_dict(strict=True) into the layout's PyTorch module. from-torch
 writes DIR/variables.npz and DIR/conversion.json for --config.init_from=DIR.
+export writes the model's eval-mode forward pass (preprocessed NHWC float32
+images -> logits), variables included, as a serialized jax.export program
+(CPU and CUDA), and FILE.json describing its input, classes and
+preprocessing; jax.export.deserialize(bytearray(open(FILE, 'rb').read()))
+.call(images) runs it with no jaxattn.
 """
 
 from __future__ import annotations
@@ -55,6 +62,21 @@ def _parser() -> argparse.ArgumentParser:
                   help="replace variables.npz/conversion.json in --out")
   ls = sub.add_parser("layouts", help="list the layouts of each model")
   ls.add_argument("model", nargs="?", default=None)
+  ex = sub.add_parser("export",
+                      help="a training run -> a jax.export file (+ FILE.json)")
+  ex.add_argument("path", help="workdir, or WORKDIR/checkpoints[_best]/STEP")
+  ex.add_argument("--out", required=True,
+                  help="the file to write, e.g. model.jaxexport; its "
+                       "description goes to FILE.json")
+  ex.add_argument("--step", default=None,
+                  help="best, latest or a step (default: the step in the "
+                       "path, else best, which is latest when the run kept "
+                       "no best checkpoint)")
+  ex.add_argument("--batch_size", type=int, default=0,
+                  help="0: any batch size (a symbolic batch dimension, the "
+                       "default); N > 0: exactly N images")
+  ex.add_argument("--overwrite", action="store_true",
+                  help="replace --out and FILE.json if they exist")
   return parser
 
 
@@ -121,6 +143,34 @@ def _to_torch(args) -> None:
           f"  model.load_state_dict({load}, strict=True)")
 
 
+def _export(args) -> None:
+  from jaxattn.convert import export  # pylint: disable=g-import-not-at-top
+  step = args.step
+  if step is not None and step.isdigit():
+    step = int(step)
+  s = export.export_run(args.path, args.out, step=step,
+                        batch_size=args.batch_size, overwrite=args.overwrite)
+  shape = lambda dims: "[" + ", ".join(map(str, dims)) + "]"
+  print(f"Wrote {s['out']} ({s['num_bytes']:,} bytes): model {s['model']}, "
+        f"step {s['step']}, {s['dtype']}{shape(s['input_shape'])} "
+        f"{s['input_layout']} images -> logits "
+        f"{s['output_dtype']}{shape(s['output_shape'])}, for "
+        f"{', '.join(s['platforms'])}; its description in {s['sidecar']}.")
+  p = s["preprocessing"]
+  size = f"{p['image_size'][0]}x{p['image_size'][1]}"
+  resize = (f"resized to cover {size} / {p['eval_crop_fraction']:g} and "
+            f"centre-cropped to {size}" if p["eval_crop_fraction"]
+            else f"resized to {size}")
+  print(f"Preprocess images as evaluation does: {resize}, / 255, then "
+        f"(x - {p['pixel_mean']}) / {p['pixel_std']} "
+        "(jaxattn.inference.read_images does it for image files).")
+  print("Call it (jax alone, no jaxattn):\n"
+        "  import jax\n"
+        f"  exported = jax.export.deserialize(bytearray(open({s['out']!r}, "
+        "'rb').read()))\n"
+        "  logits = exported.call(images)")
+
+
 def _from_torch(args, overrides) -> None:
   from jaxattn.convert import commands  # pylint: disable=g-import-not-at-top
   try:
@@ -164,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
       _print_layouts(args.model)
     elif args.command == "to-torch":
       _to_torch(args)
+    elif args.command == "export":
+      _export(args)
     else:
       _from_torch(args, overrides)
   except ConversionError as e:

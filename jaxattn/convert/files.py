@@ -36,24 +36,32 @@ def kind_of(path: str) -> str:
   return "torch"
 
 
-def check_writable(path: str, *, overwrite: bool) -> None:
-  """Fails before any work if ``path`` exists (without ``overwrite``)."""
+def check_out_file(path: str, *, overwrite: bool,
+                   example: str = "model.safetensors") -> None:
+  """Fails before any work if ``path`` is a directory, exists (without
+  ``overwrite``) or lies in a directory that does not exist; any extension."""
   if os.path.isdir(path):
     raise ConversionError(f"--out {path} is a directory; give a file name "
-                          "such as model.safetensors.")
+                          f"such as {example}.")
   if os.path.exists(path) and not overwrite:
     raise ConversionError(
         f"--out {path} already exists. Pass --overwrite to replace it, or "
         "choose another --out.")
+  parent = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(parent):
+    raise ConversionError(f"--out {path}: directory {parent} does not exist.")
+
+
+def check_writable(path: str, *, overwrite: bool) -> None:
+  """Fails before any work if ``path`` exists (without ``overwrite``) or is
+  not a state_dict file name (.safetensors, .pt/.pth/.bin, .npz)."""
+  check_out_file(path, overwrite=overwrite)
   ext = os.path.splitext(path)[1].lower()
   if ext not in SAFETENSORS + TORCH + NPZ:
     raise ConversionError(
         f"--out {path}: unknown extension {ext or '(none)'!r}; use "
         ".safetensors (default choice), .pt / .pth / .bin (torch.save) or "
         ".npz (vit_jax layout).")
-  parent = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(parent):
-    raise ConversionError(f"--out {path}: directory {parent} does not exist.")
 
 
 def _torch_to_numpy(tensor) -> np.ndarray:

@@ -56,7 +56,8 @@ def _resize(image: tf.Tensor, size: tuple[int, int]) -> tf.Tensor:
   """Bilinear, antialiased resize to ``size`` (a no-op at that size)."""
   image = tf.ensure_shape(image, [None, None, image.shape[-1]])
   shape = tf.shape(image)[:2]
-  same = tf.reduce_all(tf.equal(shape, tf.constant(size, tf.int32)))
+  # `size` may be ints or (the eval crop's) int32 scalars.
+  same = tf.reduce_all(tf.equal(shape, tf.convert_to_tensor(size, tf.int32)))
   return tf.cond(
       same, lambda: tf.cast(image, tf.float32),
       lambda: tf.image.resize(tf.cast(image, tf.float32), size,
@@ -70,11 +71,56 @@ def _normalize(image01: tf.Tensor, config: ml_collections.ConfigDict):
   return (image01 - mean) / std
 
 
+def _resize_and_centre_crop(image: tf.Tensor, size: tuple[int, int],
+                            fraction: float) -> tf.Tensor:
+  """Aspect-preserving resize to cover ``size / fraction``, centre crop ``size``.
+
+  For a square ``size`` S this is the ImageNet evaluation convention of
+  torchvision's ``Resize(floor(S / fraction))`` + ``CenterCrop(S)``: the
+  shorter side becomes ``floor(S / fraction)``, the other
+  ``floor(new_short * long / short)``, and the crop starts at
+  ``round((resized - S) / 2)`` (half to even, as Python's ``round``). In
+  general the side with the largest ``size / side`` plays the shorter side's
+  part. The resize is `_resize`'s (float32, bilinear, antialiased).
+  """
+  image = tf.ensure_shape(image, [None, None, image.shape[-1]])
+  hw = tf.cast(tf.shape(image)[:2], tf.float64)
+  target = tf.constant(size, tf.float64)
+  binding = tf.argmax(target / hw)  # The side that decides the scale.
+  new_binding = tf.floor(tf.gather(target, binding) / fraction)
+  resized = tf.where(tf.equal(tf.range(2, dtype=binding.dtype), binding),
+                     new_binding,
+                     tf.floor(hw * new_binding / tf.gather(hw, binding)))
+  crop = tf.constant(size, tf.int32)
+  # Never below the crop (floating-point rounding at fraction 1).
+  resized = tf.maximum(tf.cast(resized, tf.int32), crop)
+  margin = tf.cast(resized - crop, tf.float64)
+  top, left = tf.unstack(tf.cast(tf.round(margin / 2), tf.int32))
+  image = _resize(image, tuple(tf.unstack(resized)))
+  return image[top:top + size[0], left:left + size[1]]
+
+
 def preprocess_for_eval(image: tf.Tensor,
                         config: ml_collections.ConfigDict) -> tf.Tensor:
-  """uint8 HxWxC -> float32 at config.image_size, normalised."""
+  """uint8 HxWxC -> float32 at config.image_size, normalised.
+
+  ``config.eval_crop_fraction`` 0 resizes straight to ``image_size``; a
+  fraction f in (0, 1] resizes keeping the aspect ratio to cover
+  ``image_size / f`` and centre-crops ``image_size``
+  (`_resize_and_centre_crop`).
+  """
   size = tuple(config.image_size)
-  image = _resize(image, size) / 255.0
+  fraction = float(config.get("eval_crop_fraction", 0.0))  # Older workdirs.
+  if fraction == 0:
+    image = _resize(image, size)
+  elif 0 < fraction <= 1:
+    image = _resize_and_centre_crop(image, size, fraction)
+  else:
+    raise ValueError(
+        f"config.eval_crop_fraction={fraction} must be 0 (resize to "
+        "config.image_size) or in (0, 1] (e.g. 0.875: resize to cover "
+        "image_size / 0.875, then centre-crop image_size).")
+  image = image / 255.0
   return tf.ensure_shape(_normalize(image, config),
                          [*size, image.shape[-1]])
 
@@ -177,8 +223,9 @@ def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
   of mixed sizes, padded to the largest, is cropped with its int32 [B, 2]
   ``image_sizes`` given (only a crop can make such a batch uniform). Each
   stage is off unless
-  its config key asks for it; with none on, this is exactly
-  `preprocess_for_eval` (which the backbone feature cache relies on).
+  its config key asks for it; with none on (and config.eval_crop_fraction 0),
+  this is exactly `preprocess_for_eval` (which the backbone feature cache
+  relies on).
   """
   aug = config.augment
   size = tuple(config.image_size)

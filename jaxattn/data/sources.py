@@ -11,6 +11,8 @@ A dataset is named by one string:
   ship inside the scikit-learn wheel, so it works with no network at all.
 * ``mock:NAME``: random images with the shape and classes of TFDS dataset
   NAME (from its metadata, no download): for smoke runs and tests only.
+* ``KIND:NAME`` for a kind of your own: :func:`register_source` called by a
+  module of yours that ``config.source_modules`` lists (no edit here).
 
 Every source answers the same questions (splits, sizes, classes, image shape)
 and reads a split, or this process's share of it, as a ``tf.data.Dataset`` of
@@ -25,7 +27,9 @@ import abc
 import dataclasses
 import functools
 import os
+import re
 import socket
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -453,6 +457,83 @@ def network_available(host: str = "storage.googleapis.com", port: int = 443,
     return False
 
 
+# ----------------------------------------------------------------------------
+# The kinds of dataset string: the built-in ones and those of register_source.
+# ----------------------------------------------------------------------------
+# A factory makes the source of a dataset string from the text after
+# "kind:" and the TFDS options of the config (which it may ignore).
+SourceFactory = Callable[..., DataSource]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+  factory: SourceFactory
+  usage: str  # How the kind is written, for error messages.
+
+
+def _offline_source(rest: str, **unused_options) -> DataSource:
+  if rest == "digits":
+    return DigitsSource()
+  raise DatasetError(f"Unknown offline dataset {rest!r}; known: "
+                     f"{list(OFFLINE_DATASETS)}.")
+
+
+_KINDS: dict[str, _Kind] = {
+    "tfds": _Kind(lambda rest, **options: TfdsSource(rest, **options),
+                  "tfds:NAME"),
+    "folder": _Kind(lambda rest, **unused: FolderSource(
+        os.path.expanduser(rest)), "folder:PATH"),
+    "offline": _Kind(_offline_source, "offline:digits"),
+    "mock": _Kind(lambda rest, **unused: MockSource(rest), "mock:NAME"),
+}
+_BUILTIN_KINDS = frozenset(_KINDS)
+
+
+def register_source(kind: str, factory: SourceFactory) -> None:
+  """Makes ``kind:NAME`` a dataset string, served by ``factory``.
+
+  ``factory(name, *, data_dir, manual_dir, download)`` returns the
+  :class:`DataSource` of ``kind:name`` (``name``: the text after the first
+  colon; the keywords: ``config.data_dir`` / ``manual_dir`` (``None`` when
+  unset) and ``config.download``, which a source that is not TFDS ignores, so
+  ``def factory(name, **options)`` is enough). It should raise
+  :class:`DatasetError` for a name it cannot serve.
+
+  Call it at import time of your own module and list that module in
+  ``config.source_modules``: training, evaluation, bench and explain import
+  it before they resolve ``config.dataset``. The built-in kinds (tfds,
+  folder, offline, mock) are reserved and a kind registers once.
+  """
+  if (not isinstance(kind, str) or not re.fullmatch(r"[A-Za-z][\w.-]*", kind)):
+    raise ValueError(
+        f"Dataset kind {kind!r} must be a non-empty name of letters, digits, "
+        "'_', '.' or '-' starting with a letter (no ':').")
+  if not callable(factory):
+    raise TypeError(f"register_source({kind!r}, ...): the factory must be "
+                    f"callable, got {factory!r}.")
+  if kind in _BUILTIN_KINDS:
+    raise ValueError(
+        f"Dataset kind {kind!r} is built in and reserved "
+        f"({sorted(_BUILTIN_KINDS)}); register your source under another "
+        "name.")
+  if kind in _KINDS:
+    other = _KINDS[kind].factory
+    raise ValueError(
+        f"Dataset kind {kind!r} is already registered (by "
+        f"{getattr(other, '__module__', '?')}."
+        f"{getattr(other, '__qualname__', repr(other))}); pick another kind.")
+  _KINDS[kind] = _Kind(factory, f"{kind}:...")
+
+
+def known_kinds() -> list[str]:
+  """The dataset kinds, built in and registered, in registration order."""
+  return list(_KINDS)
+
+
+def _known_usages() -> str:
+  return ", ".join(repr(k.usage) for k in _KINDS.values())
+
+
 def get_source(name: str, *, data_dir: str | None = None,
                manual_dir: str | None = None,
                download: bool = True) -> DataSource:
@@ -460,20 +541,18 @@ def get_source(name: str, *, data_dir: str | None = None,
   kind, sep, rest = name.partition(":")
   if not sep or not rest:
     raise DatasetError(
-        f"Dataset {name!r} has no kind prefix. Use 'tfds:NAME' (e.g. "
-        "'tfds:cifar10'), 'folder:PATH' or 'offline:digits'.")
-  if kind == "tfds":
-    return TfdsSource(rest, data_dir=data_dir, manual_dir=manual_dir,
-                      download=download)
-  if kind == "folder":
-    return FolderSource(os.path.expanduser(rest))
-  if kind == "mock":
-    return MockSource(rest)
-  if kind == "offline":
-    if rest == "digits":
-      return DigitsSource()
-    raise DatasetError(f"Unknown offline dataset {rest!r}; known: "
-                       f"{list(OFFLINE_DATASETS)}.")
-  raise DatasetError(
-      f"Unknown dataset kind {kind!r} in {name!r}. Use 'tfds:NAME', "
-      "'folder:PATH', 'offline:digits' or 'mock:NAME'.")
+        f"Dataset {name!r} has no kind prefix. Use one of "
+        f"{_known_usages()} (e.g. 'tfds:cifar10').")
+  if kind not in _KINDS:
+    raise DatasetError(
+        f"Unknown dataset kind {kind!r} in {name!r}. Known kinds: "
+        f"{_known_usages()}. A kind of your own is registered with "
+        "jaxattn.data.sources.register_source in a module listed in "
+        "config.source_modules.")
+  source = _KINDS[kind].factory(rest, data_dir=data_dir,
+                                manual_dir=manual_dir, download=download)
+  if not isinstance(source, DataSource):
+    raise TypeError(
+        f"The factory of dataset kind {kind!r} returned "
+        f"{type(source).__name__}, not a jaxattn.data.sources.DataSource.")
+  return source

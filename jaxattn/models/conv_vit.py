@@ -53,6 +53,14 @@ Parameter names (Flax ``params/...`` <- PyTorch state_dict key, with the
 Every 1x1 conv is a Dense-layout kernel [in,out] = weight[:, :, 0, 0].T, bias
 as is. LayerNorm: scale <- weight, bias <- bias.
 
+``drop_path_rate`` (default 0, as in the seed) adds stochastic depth in
+training: each block's attention and feed-forward branch is skipped per
+example, block i of L with probability ``drop_path_rate * i / (L - 1)``, as
+timm does (``layers.drop_path_scales``). The masks are drawn for the whole
+batch before the chunked trunk and sliced with the images
+(``fast_ops.map_in_chunks`` maps over both), so they do not depend on
+``chunk_size``. It creates no parameters.
+
 The attention matrix of every layer is sown into the ``intermediates``
 collection as ``layers_{i}/attn/attention`` with shape (B, heads, i, j); apply
 with ``mutable=["intermediates"]`` to read it.
@@ -207,7 +215,11 @@ class BlockWeights(NamedTuple):
 
 
 class ConvViTBlock(nn.Module):
-  """Pre-norm residual block: ``x = attn(LN(x)) + x; x = ff(LN(x)) + x``."""
+  """Pre-norm residual block: ``x = attn(LN(x)) + x; x = ff(LN(x)) + x``.
+
+  ``drop_scales``: None, or the (B, 2) stochastic-depth multipliers of the
+  attention and feed-forward branches (``layers.drop_path_scales``).
+  """
 
   head_channels: int
   mlp_ratio: int
@@ -226,12 +238,14 @@ class ConvViTBlock(nn.Module):
   def record(self, attention: Array) -> None:
     self.attn.record(attention)
 
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, drop_scales: Array | None = None) -> Array:
     dim = x.shape[-1]
-    x = self.attn(fast_ops.layer_norm_no_affine(x),
-                  self.attn_norm.weights(dim)) + x
-    return self.ff(fast_ops.layer_norm_no_affine(x),
-                   self.ff_norm.weights(dim)) + x
+    attn_scale, ff_scale = _branch_scales(drop_scales)
+    x = layers.drop_path(self.attn(fast_ops.layer_norm_no_affine(x),
+                                   self.attn_norm.weights(dim)),
+                         attn_scale) + x
+    return layers.drop_path(self.ff(fast_ops.layer_norm_no_affine(x),
+                                    self.ff_norm.weights(dim)), ff_scale) + x
 
 
 class _LayerNorm(nn.Module):
@@ -327,15 +341,25 @@ def _feed_forward(norm: tuple[Array, Array], weights: tuple[Linear, Linear],
   return fast_ops.dense(fast_ops.gelu(hidden), fc2_kernel, fc2_bias)
 
 
-def _block(weights: BlockWeights, x: Array, head_channels: int,
-           dtype) -> tuple[Array, Array]:
+def _branch_scales(drop_scales: Array | None
+                   ) -> tuple[Array | None, Array | None]:
+  """(attention, feed-forward) multipliers from a block's (B, 2) array."""
+  if drop_scales is None:
+    return None, None
+  return drop_scales[:, 0], drop_scales[:, 1]
+
+
+def _block(weights: BlockWeights, x: Array, head_channels: int, dtype,
+           drop_scales: Array | None = None) -> tuple[Array, Array]:
   """``ConvViTBlock`` on (B, N, D) tokens; also returns the attention."""
+  attn_scale, ff_scale = _branch_scales(drop_scales)
   branch, attention = _attention_branch(weights.attn_norm, weights.attn,
                                         fast_ops.layer_norm_no_affine(x),
                                         head_channels, dtype)
-  x = branch + x
-  return _feed_forward(weights.ff_norm, weights.ff,
-                       fast_ops.layer_norm_no_affine(x), dtype) + x, attention
+  x = layers.drop_path(branch, attn_scale) + x
+  branch = _feed_forward(weights.ff_norm, weights.ff,
+                         fast_ops.layer_norm_no_affine(x), dtype)
+  return layers.drop_path(branch, ff_scale) + x, attention
 
 
 @register("conv_vit")
@@ -352,6 +376,9 @@ class ConvViT(nn.Module):
   picks ``fast_ops.default_chunk_size()``: 8 on CPU, whole batches on
   accelerators; 0 turns chunking off. With the batch sharded over D devices
   each chunk is split over them too. The outputs do not depend on it.
+
+  ``drop_path_rate``: stochastic depth with ``train=True`` (module
+  docstring); needs the ``"dropout"`` RNG stream when it is not 0.
   """
 
   num_classes: int = 10
@@ -362,30 +389,41 @@ class ConvViT(nn.Module):
   mlp_ratio: int = 4
   dtype: Any = jnp.float32
   chunk_size: int | None = None
+  drop_path_rate: float = 0.0
 
-  def _chunked_trunk(self, images, embedding, blocks, chunk_size) -> Array:
-    """Embedding and blocks, ``chunk_size`` images at a time (train only)."""
+  def _chunked_trunk(self, images, drop_scales, embedding, blocks,
+                     chunk_size) -> Array:
+    """Embedding and blocks, ``chunk_size`` images at a time (train only).
+
+    ``drop_scales`` (per block, (B, 2) or None) are the whole batch's
+    stochastic-depth multipliers: chunked with the images, so each row keeps
+    its own.
+    """
     embedding_weights = embedding.weights(images.shape)
     block_weights = [block.weights(self.hidden_dim) for block in blocks]
     record = self.is_mutable_collection("intermediates")
 
     def trunk(chunk):
-      x = _embed(embedding_weights, chunk, self.dtype)
+      chunk_images, chunk_scales = chunk
+      x = _embed(embedding_weights, chunk_images, self.dtype)
       attentions = []
-      for weights in block_weights:
-        x, attention = _block(weights, x, self.head_channels, self.dtype)
+      for weights, scales in zip(block_weights, chunk_scales):
+        x, attention = _block(weights, x, self.head_channels, self.dtype,
+                              scales)
         attentions.append(attention)
       return x, (attentions if record else [])
 
-    x, attentions = fast_ops.map_in_chunks(trunk, images, chunk_size)
+    x, attentions = fast_ops.map_in_chunks(trunk, (images, drop_scales),
+                                           chunk_size)
     for block, attention in zip(blocks, attentions):
       block.record(attention)
     return x
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
-    # The seed has no dropout or batch statistics: `train` only picks the
-    # chunked computation, which pays off in the backward pass.
+    # The seed has no dropout or batch statistics: `train` picks the chunked
+    # computation, which pays off in the backward pass, and switches
+    # stochastic depth on (when drop_path_rate > 0).
     layers.check_images(images, self.patch_size)
     d, hc = self.hidden_dim, self.head_channels
     if d % hc:
@@ -398,13 +436,16 @@ class ConvViT(nn.Module):
     chunk_size = (fast_ops.default_chunk_size() if self.chunk_size is None
                   else self.chunk_size)
     b, h, w, _ = images.shape
+    drop_scales = layers.drop_path_scales(self, b, self.drop_path_rate,
+                                          self.depth, train=train)
     if train and chunk_size and b > chunk_size and not b % chunk_size:
-      x = self._chunked_trunk(images, embedding, blocks, chunk_size)
+      x = self._chunked_trunk(images, drop_scales, embedding, blocks,
+                              chunk_size)
       x = x.reshape(b, h // self.patch_size, w // self.patch_size, d)
     else:  # Module by module: every output visible to interceptors.
       x = embedding(images)
-      for block in blocks:
-        x = block(x)
+      for block, scales in zip(blocks, drop_scales):
+        x = block(x, scales)
     x = _LayerNorm(self.dtype, name="norm")(x)
     x = fast_ops.gelu(x)  # The seed applies GELU before pooling.
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)

@@ -296,8 +296,7 @@ def conv2d(x: Array, kernel: Array, strides: tuple[int, int],
   return y[:, :out_h, :out_w]
 
 
-def map_in_chunks(fn: Callable[[Array], Any], x: Array,
-                  chunk_size: int) -> Any:
+def map_in_chunks(fn: Callable[[Any], Any], x: Any, chunk_size: int) -> Any:
   """``fn(x)`` for a per-example ``fn``, computed ``chunk_size`` rows at a time.
 
   Each chunk's activations are recomputed in the backward pass instead of
@@ -305,17 +304,22 @@ def map_in_chunks(fn: Callable[[Array], Any], x: Array,
   chunk's backward pass then finds its arrays in cache. Without chunking
   (``chunk_size`` 0, or a batch it does not split evenly) this is ``fn(x)``.
 
+  ``x`` is an array or a pytree of arrays with the same leading batch axis
+  (e.g. images and per-example stochastic-depth masks); every leaf is
+  chunked the same way, so row r of each reaches ``fn`` together.
   Chunk j holds rows j, j + n, j + 2n, ... (n chunks): a batch sharded over
   devices in contiguous blocks then gives every chunk the same sharding,
   and the loop runs over an unsharded axis. ``fn`` must treat rows
   independently (no batch statistics) and return arrays with a leading
   batch axis.
   """
-  batch = x.shape[0]
+  batch = jax.tree.leaves(x)[0].shape[0]
   if not chunk_size or batch <= chunk_size or batch % chunk_size:
     return fn(x)
   num_chunks = batch // chunk_size
-  chunks = x.reshape(chunk_size, num_chunks, *x.shape[1:]).swapaxes(0, 1)
+  chunks = jax.tree.map(
+      lambda a: a.reshape(chunk_size, num_chunks, *a.shape[1:]).swapaxes(0, 1),
+      x)
   outputs = jax.lax.map(jax.checkpoint(fn, prevent_cse=False), chunks)
   return jax.tree.map(
       lambda y: y.swapaxes(0, 1).reshape(batch, *y.shape[2:]), outputs)

@@ -10,6 +10,9 @@ starting points and lets converted checkpoints give the same logits:
   and a fast one-pass variance).
 * ``torch.nn.BatchNorm`` uses momentum 0.1 for the running statistics (Flax
   counts the other way: 0.9) and eps 1e-5.
+
+It also holds stochastic depth (``drop_path_*``), which the ViT families
+share: timm's ``DropPath`` with its linearly increasing per-block rates.
 """
 
 import math
@@ -200,3 +203,60 @@ def check_images(images: Array, patch_size: int) -> None:
         f"(e.g. {height // patch_size * patch_size}x"
         f"{width // patch_size * patch_size}), or set model.patch_size to a "
         f"divisor of both sides.")
+
+
+# --------------------------------------------------------------------------
+# Stochastic depth (DeiT / timm "drop path"), shared by the ViT families.
+# --------------------------------------------------------------------------
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> tuple[float, ...]:
+  """timm's per-block rates ``linspace(0, drop_path_rate, depth)``: block i
+  of ``depth`` drops with ``drop_path_rate * i / (depth - 1)`` (the first
+  block never, the last with ``drop_path_rate``; one block: 0)."""
+  if not 0.0 <= drop_path_rate <= 1.0:
+    raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1] "
+                     "(the last block's probability of skipping a residual "
+                     "branch).")
+  if depth <= 1:
+    return (0.0,) * depth
+  return tuple(drop_path_rate * i / (depth - 1) for i in range(depth))
+
+
+def drop_path_scales(module: nn.Module, batch: int, drop_path_rate: float,
+                     depth: int, *, train: bool, branches: int = 2
+                     ) -> list[Array | None]:
+  """Per block, the (batch, branches) float32 multipliers of its residual
+  branches, or None where nothing is dropped.
+
+  Each example's branch is kept with probability ``1 - rate`` (the block's
+  rate, ``drop_path_rates``) and then scaled by ``1 / (1 - rate)``, else
+  multiplied by 0: timm's ``drop_path(x, rate, training, scale_by_keep=True)``,
+  one independent draw per branch and example. All draws come from one key
+  of ``module``'s ``"dropout"`` RNG stream, for the whole batch at once, so a
+  model that computes its blocks in chunks of the batch slices these arrays
+  with its inputs and gets the same masks as an unchunked run. Outside
+  training, at rate 0 and for rate-0 blocks (the first) the list holds None,
+  no key is drawn and the computation is the model's without stochastic
+  depth.
+  """
+  rates = drop_path_rates(drop_path_rate, depth)
+  if not train or not drop_path_rate:
+    return [None] * depth
+  keep = jnp.asarray([1.0 - r for r in rates], jnp.float32)
+  inv_keep = jnp.asarray([1.0 / (1.0 - r) if r < 1.0 else 0.0 for r in rates],
+                         jnp.float32)
+  uniform = jax.random.uniform(module.make_rng("dropout"),
+                               (batch, depth, branches), jnp.float32)
+  scales = jnp.where(uniform < keep[:, None], inv_keep[:, None], 0.0)
+  return [None if rate == 0.0 else scales[:, i] for i, rate in
+          enumerate(rates)]
+
+
+def drop_path(branch: Array, scale: Array | None) -> Array:
+  """A residual branch times its per-example multiplier (``scale``, shape
+  (batch,), from ``drop_path_scales``); None: the branch as it is."""
+  if scale is None:
+    return branch
+  scale = scale.reshape(scale.shape[0], *(1,) * (branch.ndim - 1))
+  return (branch.astype(jnp.float32) * scale).astype(branch.dtype)

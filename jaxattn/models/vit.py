@@ -14,6 +14,11 @@ Seed quirks reproduced on purpose (see ``specs/seeds.md``, "Seed 002"):
   default. Every other Conv2d/Linear has PyTorch's default init.
 * PyTorch numerics: LayerNorm eps 1e-5, exact (erf) GELU, no dropout.
 
+``drop_path_rate`` (default 0, as in the seed) adds stochastic depth in
+training: each block's attention and MLP branch is skipped per example,
+block i of L with probability ``drop_path_rate * i / (L - 1)``, as timm does
+(``layers.drop_path_scales``). It creates no parameters.
+
 Parameter names (Flax ``params/...`` <- the seed's PyTorch state_dict key):
 
   patch_embedding/patch_layer/kernel [p,p,C,D]   <- patch_embedding.patch_layer.weight
@@ -131,20 +136,27 @@ class MlpBlock(nn.Module):
 
 
 class EncoderBlock(nn.Module):
-  """The author's block: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``."""
+  """The author's block: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``.
+
+  ``drop_scales``: None, or the (B, 2) stochastic-depth multipliers of the
+  attention and MLP branches (``layers.drop_path_scales``).
+  """
 
   num_heads: int
   mlp_dim: int
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: Array) -> Array:
+  def __call__(self, x: Array, drop_scales: Array | None = None) -> Array:
+    attn_scale, mlp_scale = ((None, None) if drop_scales is None else
+                             (drop_scales[:, 0], drop_scales[:, 1]))
     # Not pre-norm: the normalised x replaces the stream, and it is what the
     # attention residual adds back. Reproduced as the seed wrote it.
     x = layers.layer_norm("layer_norm", self.dtype)(x)
-    x = MultiHeadSelfAttention(self.num_heads, self.dtype,
-                               name="self_attention")(x) + x
-    return MlpBlock(self.mlp_dim, self.dtype, name="mlp_block")(x) + x
+    x = layers.drop_path(MultiHeadSelfAttention(
+        self.num_heads, self.dtype, name="self_attention")(x), attn_scale) + x
+    return layers.drop_path(MlpBlock(self.mlp_dim, self.dtype,
+                                     name="mlp_block")(x), mlp_scale) + x
 
 
 @register("vit")
@@ -155,6 +167,9 @@ class ViT(nn.Module):
   the class token. ``dtype`` is the compute dtype; parameters are always
   float32, and LayerNorm statistics, attention softmax and the head run in
   float32.
+
+  ``drop_path_rate``: stochastic depth with ``train=True`` (module
+  docstring); needs the ``"dropout"`` RNG stream when it is not 0.
   """
 
   num_classes: int = 10
@@ -164,16 +179,20 @@ class ViT(nn.Module):
   num_heads: int = 8
   mlp_dim: int = 512
   dtype: Any = jnp.float32
+  drop_path_rate: float = 0.0
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
-    del train  # The seed has no dropout or batch statistics.
+    # The seed has no dropout or batch statistics; `train` only switches
+    # stochastic depth on (when drop_path_rate > 0).
     layers.check_images(images, self.patch_size)
+    drop_scales = layers.drop_path_scales(
+        self, images.shape[0], self.drop_path_rate, self.depth, train=train)
     x = PatchEmbedding(self.hidden_dim, self.patch_size, self.dtype,
                        name="patch_embedding")(images)
     for i in range(self.depth):
       x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
-                       name=f"transformer_encoder_{i}")(x)
+                       name=f"transformer_encoder_{i}")(x, drop_scales[i])
     # No final LayerNorm in the seed. A float32 head keeps logits exact for
     # the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,

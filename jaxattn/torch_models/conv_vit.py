@@ -18,12 +18,19 @@ Numerics equal ``jaxattn.models.conv_vit.ConvViT`` in eval mode: channels
 first, channel attention (an 8x8 score matrix per head summed over all
 positions, softmax over ``dim=-2``, the query channel), exact GELU, LayerNorm
 eps 1e-5 over the channels, GELU before the global average pool.
+
+``drop_path_rate`` (stochastic depth on both residual branches of every
+block, timm's per-block rates) acts only in ``train()`` mode, with torch's
+RNG; in ``eval()``, where the twins are used for inference and parity, it
+does nothing. It adds no state_dict keys. (Helpers shared with
+``jaxattn.torch_models.vit``.)
 """
 
 import torch
 from torch import nn
 
 from jaxattn.torch_models.patches import patch_grid
+from jaxattn.torch_models.vit import drop_path, drop_path_rates
 
 
 class Embedding(nn.Module):
@@ -100,17 +107,19 @@ class FeedForward(nn.Module):
 class Transformer(nn.Module):
   """``layers[i] = [PreNorm(attn), PreNorm(ff)]``; both residual."""
 
-  def __init__(self, dim: int, depth: int, head_channels: int, mlp_ratio: int):
+  def __init__(self, dim: int, depth: int, head_channels: int, mlp_ratio: int,
+               drop_path_rate: float = 0.0):
     super().__init__()
+    self.drop_path_rates = drop_path_rates(drop_path_rate, depth)
     self.layers = nn.ModuleList([
         nn.ModuleList([PreNormChannels(dim, MhSelfAttention(dim, head_channels)),
                        PreNormChannels(dim, FeedForward(dim, mlp_ratio))])
         for _ in range(depth)])
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
-    for attn, ff in self.layers:
-      x = attn(x) + x
-      x = ff(x) + x
+    for (attn, ff), rate in zip(self.layers, self.drop_path_rates):
+      x = drop_path(attn(x), rate, self.training) + x
+      x = drop_path(ff(x), rate, self.training) + x
     return x
 
 
@@ -120,12 +129,13 @@ class ConvViT(nn.Module):
   positional embedding and the patch conv need at construction.
 
   Takes NCHW float images, returns logits (B, num_classes).
+  ``drop_path_rate`` acts in ``train()`` mode only (module docstring).
   """
 
   def __init__(self, num_classes: int = 10, patch_size: int = 2,
                hidden_dim: int = 32, depth: int = 4, head_channels: int = 8,
                mlp_ratio: int = 4, *, image_size=32, in_channels: int = 3,
-               dtype=None, chunk_size=None):
+               dtype=None, chunk_size=None, drop_path_rate: float = 0.0):
     # Flax-only options: the compute dtype (the PyTorch model runs in its
     # own) and the CPU batch chunking, which does not change the outputs.
     del dtype, chunk_size
@@ -133,7 +143,7 @@ class ConvViT(nn.Module):
     self.embedding = Embedding(image_size, patch_size, in_channels,
                                hidden_dim)
     self.transformer = Transformer(hidden_dim, depth, head_channels,
-                                   mlp_ratio)
+                                   mlp_ratio, drop_path_rate)
     self.norm = nn.LayerNorm(hidden_dim)
     self.mlp_head = nn.Sequential(nn.GELU(), nn.AdaptiveAvgPool2d(1),
                                   nn.Flatten(),

@@ -15,12 +15,39 @@ The author's block is kept: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``
 (one LayerNorm that replaces the stream, no final LayerNorm), exact GELU,
 LayerNorm eps 1e-5, no dropout. Eval-mode numerics equal
 ``jaxattn.models.vit.ViT``.
+
+``drop_path_rate`` is the Flax model's stochastic depth (timm's
+``DropPath``, per-block rates ``linspace(0, drop_path_rate, depth)``, on the
+attention and MLP branches): it acts only in ``train()`` mode (with torch's
+RNG, so not the Flax model's masks) and does nothing in ``eval()``, where
+the twins are used for inference and parity. It adds no state_dict keys.
 """
 
 import torch
 from torch import nn
 
 from jaxattn.torch_models.patches import patch_grid
+
+
+def drop_path_rates(drop_path_rate: float, depth: int) -> list[float]:
+  """Block i of ``depth`` drops with ``drop_path_rate * i / (depth - 1)``."""
+  if not 0.0 <= drop_path_rate <= 1.0:
+    raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1].")
+  if depth <= 1:
+    return [0.0] * depth
+  return [drop_path_rate * i / (depth - 1) for i in range(depth)]
+
+
+def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
+  """timm's ``drop_path``: per example, 0 with probability ``rate``, else
+  ``x / (1 - rate)``; the identity outside training or at rate 0."""
+  if not training or rate == 0.0:
+    return x
+  keep = 1.0 - rate
+  mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+  if keep > 0.0:
+    mask.div_(keep)
+  return x * mask
 
 
 class PatchEmbedding(nn.Module):
@@ -47,8 +74,10 @@ class PatchEmbedding(nn.Module):
 class TransformerEncoderBlock(nn.Module):
   """The author's block: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``."""
 
-  def __init__(self, hidden_dim: int, num_heads: int, mlp_dim: int):
+  def __init__(self, hidden_dim: int, num_heads: int, mlp_dim: int,
+               drop_path_rate: float = 0.0):
     super().__init__()
+    self.drop_path_rate = drop_path_rate
     if hidden_dim % num_heads:
       raise ValueError(f"hidden_dim={hidden_dim} is not a multiple of "
                        f"num_heads={num_heads}.")
@@ -59,9 +88,11 @@ class TransformerEncoderBlock(nn.Module):
                                    nn.Linear(mlp_dim, hidden_dim))
 
   def forward(self, x: torch.Tensor) -> torch.Tensor:
+    rate, training = self.drop_path_rate, self.training
     x = self.layer_norm(x)
-    x = self.self_attention(x, x, x, need_weights=False)[0] + x
-    return self.mlp_block(x) + x
+    x = drop_path(self.self_attention(x, x, x, need_weights=False)[0], rate,
+                  training) + x
+    return drop_path(self.mlp_block(x), rate, training) + x
 
 
 class ViT(nn.Module):
@@ -69,20 +100,20 @@ class ViT(nn.Module):
   fields plus ``image_size`` (int or (H, W)) and ``in_channels``.
 
   Takes NCHW float images, returns logits (B, num_classes) from the class
-  token.
+  token. ``drop_path_rate`` acts in ``train()`` mode only (module docstring).
   """
 
   def __init__(self, num_classes: int = 10, patch_size: int = 4,
                hidden_dim: int = 256, depth: int = 12, num_heads: int = 8,
                mlp_dim: int = 512, *, image_size=32, in_channels: int = 3,
-               dtype=None):
+               dtype=None, drop_path_rate: float = 0.0):
     del dtype  # Flax compute dtype; the PyTorch model runs in its own dtype.
     super().__init__()
     self.patch_embedding = PatchEmbedding(image_size, patch_size, in_channels,
                                           hidden_dim)
     self.transformer_encoder = nn.Sequential(*[
-        TransformerEncoderBlock(hidden_dim, num_heads, mlp_dim)
-        for _ in range(depth)])
+        TransformerEncoderBlock(hidden_dim, num_heads, mlp_dim, rate)
+        for rate in drop_path_rates(drop_path_rate, depth)])
     self.output_layer = nn.Linear(hidden_dim, num_classes)
 
   def forward(self, images: torch.Tensor) -> torch.Tensor:

@@ -163,3 +163,123 @@ def test_images_of_mixed_sizes_are_cropped_as_one_by_one(tmp_path, image_size):
           row["image"][None], {k: v[b:b + 1] for k, v in params.items()}, c)
       np.testing.assert_array_equal(batch["image"][b], expected[0])
       assert batch["label"][b] == row["label"]
+
+
+# ----------------------------------------------------------------------------
+# config.eval_crop_fraction: shorter-side resize + centre crop in evaluation.
+# ----------------------------------------------------------------------------
+def _centre_pattern_image(height, width):
+  """Smooth gradients with an 8-pixel checkerboard at the centre (uint8)."""
+  y, x = np.mgrid[:height, :width]
+  image = np.stack([x * 255 / width, y * 255 / height,
+                    np.full((height, width), 100.0)], -1)
+  cy, cx = height // 2, width // 2
+  centre = (slice(cy - 8, cy + 8), slice(cx - 8, cx + 8))
+  image[(*centre, 2)] = (y[centre] // 4 + x[centre] // 4) % 2 * 255
+  return np.round(image).astype(np.uint8)
+
+
+def _pil_resize(image, height, width):
+  """Pillow's bilinear resize (antialiased when shrinking), in float."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  return np.stack([np.asarray(Image.fromarray(
+      image[..., k].astype(np.float32), mode="F").resize(
+          (width, height), Image.BILINEAR)) for k in range(image.shape[-1])],
+                  -1)
+
+
+# (image H, W) -> the torchvision convention for Resize(floor(32 / 0.875)) +
+# CenterCrop(32), worked out by hand: the resized (H, W) and the crop's
+# (top, left) = round((resized - 32) / 2), half to even.
+@pytest.mark.parametrize("shape,resized,corner", [
+    ((40, 60), (36, 54), (2, 11)),  # floor(36 * 60 / 40) = 54.
+    ((60, 40), (54, 36), (11, 2)),
+    ((40, 62), (36, 55), (2, 12)),  # floor(55.8) = 55; round(11.5) = 12.
+    ((36, 36), (36, 36), (2, 2)),  # Already at the resize target.
+])
+def test_eval_crop_is_the_centre_of_the_shorter_side_resize(shape, resized,
+                                                            corner):
+  import tensorflow as tf
+
+  image = _centre_pattern_image(*shape)
+  c = _config(image_size=(32, 32), eval_crop_fraction=0.875,
+              pixel_mean=(0.5,), pixel_std=(0.25,))
+  out = pipeline.preprocess_for_eval(tf.constant(image), c).numpy()
+  assert out.shape == (32, 32, 3) and out.dtype == np.float32
+  (top, left), (h, w) = corner, resized
+  expected = _pil_resize(image, h, w)[top:top + 32, left:left + 32]
+  np.testing.assert_allclose((out * 0.25 + 0.5) * 255, expected, atol=0.01)
+  # One pixel off is far off: the pattern pins the crop's position.
+  shifted = _pil_resize(image, h, w)[top + 1:top + 33, left:left + 32]
+  assert np.abs((out * 0.25 + 0.5) * 255 - shifted).max() > 100
+
+
+def test_eval_crop_fraction_one_is_a_plain_centre_crop():
+  import tensorflow as tf
+
+  image = np.random.default_rng(0).integers(0, 256, (32, 48, 1), np.uint8)
+  c = _config(image_size=(32, 32), eval_crop_fraction=1.0)
+  out = pipeline.preprocess_for_eval(tf.constant(image), c).numpy()
+  np.testing.assert_array_equal(out, image[:, 8:40] / np.float32(255))
+  # Portrait, a non-square image_size: the width binds (24 / 24 > 16 / 40).
+  image = np.random.default_rng(1).integers(0, 256, (40, 24, 1), np.uint8)
+  c.image_size = (16, 24)
+  out = pipeline.preprocess_for_eval(tf.constant(image), c).numpy()
+  np.testing.assert_array_equal(out, image[12:28] / np.float32(255))
+
+
+def test_eval_crop_fraction_zero_is_the_plain_resize_bit_for_bit():
+  import tensorflow as tf
+
+  rng = np.random.default_rng(0)
+  c = _config(image_size=(32, 32), pixel_mean=(0.5, 0.4, 0.3),
+              pixel_std=(0.2, 0.25, 0.3))
+  assert c.eval_crop_fraction == 0
+  without_key = _config(image_size=(32, 32), pixel_mean=c.pixel_mean,
+                        pixel_std=c.pixel_std)
+  del without_key["eval_crop_fraction"]  # A workdir saved before the key.
+  mean, std = np.float32(c.pixel_mean), np.float32(c.pixel_std)
+  for shape in ((40, 60), (60, 40), (32, 32), (8, 8)):
+    image = tf.constant(rng.integers(0, 256, (*shape, 3), np.uint8))
+    if shape == (32, 32):  # Today's no-op at the size itself.
+      plain = tf.cast(image, tf.float32)
+    else:
+      plain = tf.image.resize(tf.cast(image, tf.float32), (32, 32),
+                              method="bilinear", antialias=True)
+    expected = ((plain / 255.0 - mean) / std).numpy()
+    for config in (c, without_key):
+      np.testing.assert_array_equal(
+          pipeline.preprocess_for_eval(image, config).numpy(), expected)
+
+
+@pytest.mark.parametrize("fraction", [-0.5, 1.5])
+def test_eval_crop_fraction_out_of_range_is_refused(fraction):
+  import tensorflow as tf
+
+  c = _config(eval_crop_fraction=fraction)
+  with pytest.raises(ValueError, match=r"config.eval_crop_fraction=.* must "
+                     r"be 0 .* or in \(0, 1\]"):
+    pipeline.preprocess_for_eval(tf.zeros([8, 8, 1], tf.uint8), c)
+
+
+def test_eval_dataset_crops_images_of_mixed_sizes(tmp_path):
+  """A folder of mixed sizes: every image is cropped to image_size in the
+  tf.data graph as it would be alone."""
+  import tensorflow as tf
+
+  rng = np.random.default_rng(0)
+  shapes = [(20, 30), (30, 20), (17, 17), (40, 25)]
+  for k, shape in enumerate(shapes):
+    folder = tmp_path / "test" / "ab"[k % 2]
+    folder.mkdir(parents=True, exist_ok=True)
+    image = rng.integers(0, 256, (*shape, 3), dtype=np.uint8)
+    (folder / f"{k}.png").write_bytes(tf.io.encode_png(image).numpy())
+  src = sources.get_source(f"folder:{tmp_path}")
+  c = _config(image_size=(16, 16), eval_crop_fraction=0.875)
+  ds, _ = pipeline.create_eval_dataset(src, "test", c,
+                                       shard=pipeline.ProcessShard(0, 1, 4))
+  images = _batches(ds)[0]["image"]
+  assert images.shape == (4, 16, 16, 3)
+  for row, example in zip(images, src.read("test").as_numpy_iterator()):
+    np.testing.assert_allclose(row, pipeline.preprocess_for_eval(
+        tf.constant(example["image"]), c).numpy(), atol=1e-6)
