@@ -297,7 +297,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.early_stopping_patience = 0  # Evaluations without improvement; 0 = off.
   c.checkpoint_every_steps = 0  # 0: at every evaluation (end of epoch).
   c.keep_checkpoints = 3
+  # Which checkpoint the final test-split evaluation (and the run report)
+  # uses: "best" (by best_metric on the validation split, as seed 001's
+  # Train.py reloads its best), or "last". Without a validation split there
+  # is no best; the last is used.
+  c.test_checkpoint = "best"
   c.log_every_steps = 50
+  # A published curve to draw beside this run's in curves.png: the per-epoch
+  # values of `tag` (e.g. "val_accuracy") that `label` reports, epoch 1
+  # first. Set by the recipes that reproduce a seed; () = none.
+  c.reference_curve = ml_collections.ConfigDict(dict(
+      label="", tag="val_accuracy", per_epoch=()))
   # Trace these train steps with jax.profiler (CLU's periodic_actions.Profile)
   # into WORKDIR/plugins/profile, for TensorBoard's profile plugin: (first,
   # count), e.g. (10, 5); (0, 0) = off.

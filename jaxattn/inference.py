@@ -19,7 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from jaxattn import checkpointing, experiment, losses
-from jaxattn.data import pipeline
+from jaxattn.data import pipeline, sources
 from jaxattn.models import (ModelInterface, get_interface, interface,
                             known_models)
 
@@ -116,9 +116,8 @@ def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
   images = []
   for path in paths:
     try:
-      decoded = tf.io.decode_image(tf.io.read_file(path),
-                                   channels=config.num_channels,
-                                   expand_animations=False)
+      decoded = sources.decode_like_pil(tf.io.read_file(path),
+                                        config.num_channels)
     except tf.errors.InvalidArgumentError:
       raise InputError(f"{path} is not an image TensorFlow can decode (PNG, "
                        "JPEG, BMP or GIF).") from None

@@ -8,7 +8,9 @@ whether it is due and runs it:
   ever holds a diverged state;
 * ``TrainLog``: every ``log_every_steps``, the train metrics to the writer
   and one readable progress line;
-* ``EpochTimer``: at the end of an epoch, its training seconds and images/s;
+* ``EpochLog``: at the end of an epoch, its training seconds and images/s,
+  and one row of ``WORKDIR/metrics.csv`` (train and validation loss and
+  accuracy, learning rate, seconds), like the seeds' own CSV logs;
 * ``Validation``: every ``eval_every_epochs`` epochs, the validation metrics,
   the best one so far and early stopping;
 * ``Checkpointing``: when to save the latest (and the best) checkpoint.
@@ -19,13 +21,23 @@ continues the same best-metric and early-stopping bookkeeping.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import json
 import math
+import os
+import pathlib
 import time
 from typing import Any
 
+import jax
 from absl import logging
+
+METRICS_FILE = "metrics.csv"
+METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy",
+                   "val_loss", "val_accuracy", "learning_rate",
+                   "epoch_seconds")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -139,23 +151,85 @@ class TrainLog:
             f"{duration(eta)}")
 
 
-class EpochTimer:
-  """Training seconds and images/s of each epoch (evaluation not counted)."""
+class EpochLog:
+  """The end of each epoch: its training seconds and images/s (evaluation
+  not counted) to the writer, and a row of ``WORKDIR/metrics.csv``.
+
+  A row holds the epoch's mean train loss and accuracy, the validation loss
+  and accuracy (empty in epochs without validation), the learning rate of
+  its last step (what the seeds log at the end of an epoch) and its seconds.
+  A resumed run first drops the rows after its checkpoint, so the file
+  describes one run; the train means of the epoch it resumed in cover the
+  steps after the checkpoint only. Process 0 writes it.
+  """
 
   def __init__(self, exp, writer, start_step: int):
     self._batch, self._writer = exp.config.batch_size, writer
+    self._path = (pathlib.Path(exp.workdir) / METRICS_FILE
+                  if exp.workdir and jax.process_index() == 0 else None)
+    self._drop_rows_after(start_step)
+    self._metrics, self._seconds = None, 0.0
     self.restart(start_step)
 
   def restart(self, step: int) -> None:
     self._start, self._start_step = time.time(), step
 
-  def __call__(self, step: int, epoch: int) -> None:
-    seconds = time.time() - self._start
-    images_per_second = (step - self._start_step) * self._batch / seconds
-    self._writer.write_scalars(step, {"epoch_seconds": seconds,
+  def add(self, step_metrics) -> None:
+    self._metrics = _merge(self._metrics, step_metrics)
+
+  def end_training(self, step: int, epoch: int) -> None:
+    """At the epoch's last step, before validation: its training time."""
+    self._seconds = time.time() - self._start
+    images_per_second = (step - self._start_step) * self._batch / self._seconds
+    self._writer.write_scalars(step, {"epoch_seconds": self._seconds,
                                       "images_per_second": images_per_second})
     logging.info("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
-                 seconds, images_per_second)
+                 self._seconds, images_per_second)
+
+  def write_row(self, step: int, epoch: int,
+                val: dict[str, float] | None) -> None:
+    """After validation (``val``: its metrics, or None): the CSV row."""
+    train = ({k: float(v) for k, v in self._metrics.compute().items()}
+             if self._metrics is not None else {})
+    self._metrics = None
+    if self._path is None:
+      return
+    val = val or {}
+    row = dict(epoch=epoch, step=step, train_loss=train.get("loss"),
+               train_accuracy=train.get("accuracy"), val_loss=val.get("loss"),
+               val_accuracy=val.get("accuracy"),
+               learning_rate=train.get("learning_rate"),
+               epoch_seconds=round(self._seconds, 2))
+    new_file = not self._path.exists()
+    with self._path.open("a") as f:
+      out = csv.DictWriter(f, METRICS_COLUMNS)
+      if new_file:
+        out.writeheader()
+      out.writerow({k: "" if v is None else v for k, v in row.items()})
+
+  def _drop_rows_after(self, step: int) -> None:
+    if self._path is None or not self._path.exists():
+      return
+    rows = [r for r in csv.DictReader(io.StringIO(self._path.read_text()))
+            if int(r["step"]) <= step]
+    text = io.StringIO()
+    out = csv.DictWriter(text, METRICS_COLUMNS)
+    out.writeheader()
+    out.writerows(rows)
+    tmp = self._path.with_name(self._path.name + ".tmp")
+    tmp.write_text(text.getvalue())
+    os.replace(tmp, self._path)
+
+
+def read_metrics_csv(workdir: str) -> list[dict[str, Any]]:
+  """``metrics.csv`` as a list of rows, numbers as numbers (None if empty)."""
+  path = pathlib.Path(workdir) / METRICS_FILE
+  rows = []
+  for row in csv.DictReader(io.StringIO(path.read_text())):
+    rows.append({k: (None if v == "" else
+                     int(v) if k in ("epoch", "step") else float(v))
+                 for k, v in row.items()})
+  return rows
 
 
 class Validation:
@@ -169,6 +243,7 @@ class Validation:
     self._split, self._metric = config.val_split, config.best_metric
     self._every = config.eval_every_epochs
     self._patience = config.early_stopping_patience
+    self.last: dict[str, float] | None = None  # The latest metrics.
 
   def due(self, step: int, epoch: int, end_of_epoch: bool) -> bool:
     return bool(end_of_epoch and self._split and (
@@ -191,6 +266,7 @@ class Validation:
     else:
       record.evals_since_best += 1
     record.history.append(dict(step=step, epoch=epoch, **val))
+    self.last = val
     return is_best
 
   def should_stop(self) -> bool:

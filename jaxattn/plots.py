@@ -17,7 +17,7 @@ import functools
 import glob
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,12 +160,37 @@ def read_scalars(workdir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
           for tag, v in by_tag.items()}
 
 
+class ReferenceCurve(NamedTuple):
+  """A published per-epoch curve, placed at each epoch's last step."""
+
+  label: str
+  tag: str  # The scalar it compares with, e.g. "val_accuracy".
+  steps: np.ndarray
+  values: np.ndarray
+
+
+def reference_curve(config, steps_per_epoch: int) -> ReferenceCurve | None:
+  """config.reference_curve at epoch e's last step, e * steps_per_epoch."""
+  ref = config.get("reference_curve")
+  if ref is None or not ref.get("per_epoch"):
+    return None
+  tags = {tag for _, series in _CURVE_PANELS for tag, _ in series}
+  if ref.tag not in tags:
+    raise ValueError(f"config.reference_curve.tag={ref.tag!r} is not a "
+                     f"plotted curve; use one of {sorted(tags)}.")
+  values = np.asarray(ref.per_epoch, np.float64)
+  steps = np.arange(1, len(values) + 1) * steps_per_epoch
+  return ReferenceCurve(ref.label or "reference", ref.tag, steps, values)
+
+
 def curves_figure(scalars: dict[str, tuple[np.ndarray, np.ndarray]], *,
-                  title: str = "", mark_step: int | None = None) -> Figure:
+                  title: str = "", mark_step: int | None = None,
+                  reference: ReferenceCurve | None = None) -> Figure:
   """Loss, top-1 accuracy and learning rate against the step.
 
   `mark_step` draws a dashed line at that step (the checkpoint evaluated)
-  when it is not the last one logged.
+  when it is not the last one logged. `reference`, a published curve, is
+  drawn in the panel that holds its tag.
   """
   fig = new_figure(12, 3.6)
   axes = fig.subplots(1, len(_CURVE_PANELS))
@@ -179,13 +204,17 @@ def curves_figure(scalars: dict[str, tuple[np.ndarray, np.ndarray]], *,
         ax.plot(steps_, values, marker="o" if len(steps_) < 30 else None,
                 markersize=3, label=label)
         drawn = True
+    if reference is not None and reference.tag in dict(series):
+      ax.plot(reference.steps, reference.values, color="black",
+              linestyle=":", marker="x", markersize=3, label=reference.label)
+      drawn = True
     if marked:
       ax.axvline(mark_step, color="gray", linestyle="--", linewidth=1,
                  label=f"step {mark_step}")
     ax.set_title(name)
     ax.set_xlabel("step")
     ax.grid(alpha=0.3)
-    if drawn and (len(series) > 1 or marked):
+    if drawn and (len(series) > 1 or marked or reference is not None):
       ax.legend(fontsize=8)
     if not drawn:
       ax.text(0.5, 0.5, "not logged", ha="center", va="center",
@@ -300,7 +329,9 @@ def write_run_report(exp, workdir: str, variables: Any, writer: Any,
   scalars = read_scalars(workdir)
   if scalars:
     fig = curves_figure(scalars, title=f"{config.model.name} on "
-                        f"{config.dataset}", mark_step=step)
+                        f"{config.dataset}", mark_step=step,
+                        reference=reference_curve(config,
+                                                  exp.steps_per_epoch))
     written["curves"] = save_png(fig, os.path.join(workdir, CURVES_FILE))
     images["curves"] = to_rgb_array(fig)
   else:

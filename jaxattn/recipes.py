@@ -32,8 +32,8 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
 
   AdamW (weight decay 0.01 on every parameter, eps 1e-8), global-norm
   clipping 1.0, the per-iteration piecewise-linear one-cycle 0 -> 0.01 (epoch
-  10) -> 5e-4 (epoch 20) -> 0 (epoch 25), batch 128 (eval 64), mixed
-  precision, and its torchvision augmentations.
+  10) -> 5e-4 (epoch 20) -> 0 (epoch 25), batch 128 (eval 64), float32,
+  and its torchvision augmentations.
 
   Model options (``config.model``, the fields of
   ``jaxattn.models.conv_vit.ConvViT``): patch_size, hidden_dim, depth,
@@ -58,10 +58,24 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.optimizer.update(name="adamw", eps=1e-8, weight_decay=0.01)
   set_one_cycle(c, epochs=25, peak_lr=0.01)
   c.grad_clip_norm = 1.0
-  # The seed used torch.cuda.amp (fp16 + loss scaling); bf16 needs no loss
-  # scaling and keeps fp32 parameters and optimizer state.
-  c.compute_dtype = "bfloat16"
+  # float32, not bf16: the seed's torch.cuda.amp computed in fp16 (11
+  # significant bits); bf16 (8) ended 25 epochs 4.2 points lower than
+  # float32 on the same data (58.9% vs 63.0%, benchmarks/seed004/README.md),
+  # and on a CPU it is no faster for this model.
+  c.compute_dtype = "float32"
+  c.reference_curve.update(label="seed 004 (test, reported)",
+                           tag="val_accuracy",
+                           per_epoch=SEED004_TEST_ACCURACY)
   return c
+
+
+# Seed 004's logged test accuracy after each of its 25 epochs (its
+# notebook's "Training Logs", shared/seeds/004): trained on all 50,000
+# CIFAR-10 training images, tested on the official 10,000.
+SEED004_TEST_ACCURACY = (
+    0.2904, 0.2719, 0.3221, 0.3350, 0.4035, 0.4614, 0.5008, 0.4991, 0.5187,
+    0.5259, 0.5434, 0.5681, 0.5588, 0.5836, 0.5816, 0.5995, 0.5987, 0.6161,
+    0.6267, 0.6462, 0.6458, 0.6501, 0.6471, 0.6479, 0.6506)
 
 
 def set_one_cycle(c: ml_collections.ConfigDict, *, epochs: int,

@@ -29,12 +29,14 @@ from jaxattn import (checkpointing, distributed, experiment, feature_cache,
 from jaxattn.data import pipeline
 
 RESULTS_FILE = "results.json"
+TEST_CHECKPOINTS = ("best", "last")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns its results."""
   workdir = os.path.abspath(workdir)
+  _check_test_checkpoint(config)
   exp = experiment.Experiment(config, workdir=workdir)
   _check_same_run(workdir, exp.config)
   checkpointing.save_config(workdir, exp.config)
@@ -88,7 +90,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   profile = _profiler(config, workdir)
   guard = periodic.NonFiniteGuard(ckpt)
   train_log = periodic.TrainLog(exp, writer, start_step)
-  epoch_timer = periodic.EpochTimer(exp, writer, start_step)
+  epoch_log = periodic.EpochLog(exp, writer, start_step)
   validation = periodic.Validation(exp, writer, record, report_progress)
   saving = periodic.Checkpointing(exp, ckpt, record)
   preemption = distributed.PreemptionWatch()
@@ -102,6 +104,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
       state, step_metrics = exp.train_fn(state, batch)
     step += 1
     train_log.add(step_metrics)
+    epoch_log.add(step_metrics)
     report_progress(step)
     if profile is not None:
       profile(step)
@@ -118,8 +121,10 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     if train_log.due(step):
       train_log(step)
     if end_of_epoch:
-      epoch_timer(step, epoch)
+      epoch_log.end_training(step, epoch)
     is_best = validation(step, epoch, state) if evaluate else False
+    if end_of_epoch:
+      epoch_log.write_row(step, epoch, validation.last if evaluate else None)
     stop_early = validation.should_stop()
     finished = step == total_steps or stop_early
     if saving.due(step, end_of_epoch=end_of_epoch, evaluated=evaluate,
@@ -137,7 +142,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                    config.early_stopping_patience)
       break
     if end_of_epoch:
-      epoch_timer.restart(step)
+      epoch_log.restart(step)
 
   # --- Final evaluation --------------------------------------------------------
   preemption.close()
@@ -148,20 +153,44 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                  best_val=record.best_metric,
                  stopped_early=record.stopped_early, num_params=num_params,
                  val=record.history[-1] if record.history else None)
+  # The test split, and the run report, on config.test_checkpoint.
+  state, test_step = _test_state(exp, ckpt, record, state, step)
+  results["test_checkpoint"] = dict(step=test_step,
+                                    which="best" if test_step == record.best_step
+                                    else "last")
   if config.test_split:
     results["test"] = exp.evaluate(state, config.test_split)
     writer.write_scalars(step, {f"test_{k}": v
                                 for k, v in results["test"].items()})
-    logging.info("Test (%s) at step %d: %s", config.test_split, step,
-                 results["test"])
+    logging.info("Test (%s) on the %s checkpoint (step %d): %s",
+                 config.test_split, results["test_checkpoint"]["which"],
+                 test_step, results["test"])
   # curves.png and confusion_matrix.png (test split, else validation), also
   # as TensorBoard images. Every process takes part in the predictions.
   plots.write_run_report(exp, workdir, exp.eval_variables(state), writer,
-                         step)
+                         test_step)
   if distributed.is_chief():
     with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
       json.dump(results, f, indent=2)
   return results
+
+
+def _test_state(exp, ckpt, record: periodic.RunRecord, state, step: int):
+  """(state, its step) for the final test: the best checkpoint when
+  config.test_checkpoint is "best" and there is one, else the last state."""
+  if (exp.config.test_checkpoint == "best" and record.best_step is not None
+      and record.best_step != step):
+    best_state, _, best_step = exp.restore("best", checkpoints=ckpt)
+    return best_state, best_step
+  return state, step
+
+
+def _check_test_checkpoint(config: ml_collections.ConfigDict) -> None:
+  if config.test_checkpoint not in TEST_CHECKPOINTS:
+    raise ValueError(
+        f"config.test_checkpoint={config.test_checkpoint!r} must be one of "
+        f"{TEST_CHECKPOINTS}: --config.test_checkpoint=last tests the final "
+        "state, =best the best validation checkpoint.")
 
 
 def _profiler(config: ml_collections.ConfigDict, workdir: str):

@@ -36,7 +36,7 @@ def test_seed004_recipe_details():
   assert c.optimizer.eps == 1e-8 and c.grad_clip_norm == 1.0
   assert [tuple(k) for k in c.schedule.knots] == [
       (0, 0), (10, 0.01), (20, 0.0005), (25, 0)]
-  assert c.compute_dtype == "bfloat16"
+  assert c.compute_dtype == "float32"  # bf16 measured 4.2 points lower.
   assert tuple(c.augment.crop_scale) == (0.75, 1.0)
   assert (c.augment.rand_augment_ops, c.augment.rand_augment_magnitude) == (1, 8)
   assert c.augment.random_erasing == 0.25

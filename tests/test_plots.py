@@ -1,10 +1,12 @@
 """Training curves from event files, and confusion-matrix pictures."""
 
 import numpy as np
+import pytest
 from clu import metric_writers
 from PIL import Image
 
-from jaxattn import plots
+from jaxattn import configlib, plots
+from tests.conftest import REPO
 
 
 def test_curves_of_a_resumed_run_keep_the_later_writes(tmp_path):
@@ -44,3 +46,28 @@ def test_confusion_figure_adds_an_other_column_only_when_used(tmp_path):
   assert "15 images, top-1 accuracy 53.33%" in fig.axes[0].get_title()
   rgb = plots.to_rgb_array(fig)
   assert rgb.dtype == np.uint8 and rgb.shape[-1] == 3
+
+
+def test_the_seed_curve_is_drawn_beside_a_reproducing_config():
+  from jaxattn import recipes  # pylint: disable=g-import-not-at-top
+
+  config = configlib.load(f"{REPO}/configs/cifar10_convvit.py")
+  ref = plots.reference_curve(config, steps_per_epoch=351)
+  assert ref.tag == "val_accuracy" and "seed 004" in ref.label
+  assert list(ref.steps[[0, -1]]) == [351, 25 * 351]
+  assert ref.values[-1] == 0.6506
+  assert tuple(ref.values) == recipes.SEED004_TEST_ACCURACY
+  scalars = {"val_accuracy": (np.array([351, 702]), np.array([0.3, 0.35]))}
+  fig = plots.curves_figure(scalars, reference=ref)
+  [accuracy_axes] = [ax for ax in fig.axes
+                     if ax.get_title() == "top-1 accuracy"]
+  labels = [line.get_label() for line in accuracy_axes.get_lines()]
+  assert labels == ["validation", ref.label]
+  # Another schedule or a smoke run is not the seed's: no curve.
+  for arg in ("epochs=10", "smoke"):
+    other = configlib.load(f"{REPO}/configs/cifar10_convvit.py:{arg}")
+    assert plots.reference_curve(other, 351) is None
+  config.reference_curve.tag = "val_acc"
+  with pytest.raises(ValueError, match="reference_curve.tag='val_acc'.*"
+                     "val_accuracy"):
+    plots.reference_curve(config, 351)

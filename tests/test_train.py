@@ -25,6 +25,8 @@ def _smoke_config():
     ("num_classes", 3, ValueError, "has 10 classes"),
     ("pixel_mean", (0.5, 0.5), ValueError, "1 channel"),
     ("parallel", "pjit", ValueError, "'jit' or 'pmap'"),
+    ("test_checkpoint", "final", ValueError,
+     r"test_checkpoint='final' must be one of \('best', 'last'\).*=last"),
 ])
 def test_bad_input_is_reported(tmp_path, key, value, error, match):
   config = _smoke_config()
@@ -164,3 +166,56 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_its_checkpoints(tmp_path):
   for directory in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
     assert os.listdir(tmp_path / directory) == ["20"]
   assert not (tmp_path / train.RESULTS_FILE).exists()
+
+
+def _good_then_ruined_config():
+  """Epoch 1 learns; epochs 2-3 take steps of ~lr=2 per parameter (clipped
+  gradients, Adam), which wreck the model: the best epoch is the first."""
+  config = _smoke_config()
+  config.num_epochs, config.batch_size = 3, 64  # 20 steps an epoch.
+  config.schedule.name = "piecewise_linear"
+  config.schedule.knots = ((0.0, 3e-3), (1.0, 3e-3), (1.05, 2.0), (3.0, 2.0))
+  return config
+
+
+def test_the_test_split_uses_the_best_checkpoint_unless_told_last(tmp_path):
+  from jaxattn import periodic  # pylint: disable=g-import-not-at-top
+
+  best = train.train_and_evaluate(_good_then_ruined_config(),
+                                  str(tmp_path / "best"))
+  assert best["best_step"] == 20 and best["final_step"] == 60
+  assert best["test_checkpoint"] == {"step": 20, "which": "best"}
+  config = _good_then_ruined_config()
+  config.test_checkpoint = "last"
+  last = train.train_and_evaluate(config, str(tmp_path / "last"))
+  assert last["test_checkpoint"] == {"step": 60, "which": "last"}
+  # The same training; only the checkpoint tested differs.
+  assert last["best_val"] == best["best_val"]
+  assert best["test"]["accuracy"] > last["test"]["accuracy"] + 0.2
+
+  # metrics.csv: a row per epoch, as the seeds log them.
+  rows = periodic.read_metrics_csv(str(tmp_path / "best"))
+  assert [(r["epoch"], r["step"]) for r in rows] == [(1, 20), (2, 40), (3, 60)]
+  assert list(rows[0]) == list(periodic.METRICS_COLUMNS)
+  assert rows[0]["val_accuracy"] == pytest.approx(best["best_val"])
+  assert rows[-1]["val_accuracy"] == pytest.approx(best["val"]["accuracy"])
+  assert rows[0]["learning_rate"] == pytest.approx(3e-3)  # Step 20's update.
+  assert rows[2]["learning_rate"] == pytest.approx(2.0)
+  assert all(r["epoch_seconds"] > 0 and 0 <= r["train_accuracy"] <= 1 and
+             r["train_loss"] > 0 for r in rows)
+  assert rows[0]["train_accuracy"] > rows[2]["train_accuracy"]
+
+
+def test_a_resumed_run_drops_the_metrics_rows_after_its_checkpoint(tmp_path):
+  import types  # pylint: disable=g-import-not-at-top
+  from jaxattn import periodic  # pylint: disable=g-import-not-at-top
+
+  (tmp_path / periodic.METRICS_FILE).write_text(
+      ",".join(periodic.METRICS_COLUMNS) + "\n" +
+      "".join(f"{e},{20 * e},1.0,0.5,,,0.001,3.5\n" for e in (1, 2, 3)))
+  exp = types.SimpleNamespace(config=types.SimpleNamespace(batch_size=64),
+                              workdir=str(tmp_path))
+  periodic.EpochLog(exp, writer=None, start_step=40)  # Killed after step 40.
+  rows = periodic.read_metrics_csv(str(tmp_path))
+  assert [r["step"] for r in rows] == [20, 40]
+  assert rows[1]["val_loss"] is None and rows[1]["train_loss"] == 1.0

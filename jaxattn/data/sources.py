@@ -219,6 +219,23 @@ class DigitsSource(_IndexedSource):
     return item
 
 
+def decode_like_pil(data: tf.Tensor, channels: int) -> tf.Tensor:
+  """Image file bytes -> uint8 (H, W, channels), JPEGs as PIL decodes them.
+
+  TF's default JPEG decoder uses libjpeg's fast integer IDCT, which on the
+  CIFAR-10 JPEGs differs from PIL's (the accurate one, what torchvision's
+  ImageFolder reads) by up to 4 grey levels in 65% of the values
+  (benchmarks/results/seed004_augment_vs_torchvision.md); INTEGER_ACCURATE
+  gives PIL's bytes exactly, so a seed's folder data is the seed's pixels.
+  """
+  return tf.cond(
+      tf.io.is_jpeg(data),
+      lambda: tf.io.decode_jpeg(data, channels=channels,
+                                dct_method="INTEGER_ACCURATE"),
+      lambda: tf.io.decode_image(data, channels=channels,
+                                 expand_animations=False))
+
+
 @dataclasses.dataclass
 class FolderSource(_IndexedSource):
   """Images in ``root/<split>/<class>/<file>``; class ids follow sorted names.
@@ -294,9 +311,9 @@ class FolderSource(_IndexedSource):
     return paths, np.array([index[c] for c in class_of], np.int64)
 
   def _decode(self, item):
-    image = tf.io.decode_image(tf.io.read_file(item), channels=self.channels,
-                               expand_animations=False)
-    return tf.ensure_shape(image, [None, None, self.channels])
+    return tf.ensure_shape(decode_like_pil(tf.io.read_file(item),
+                                           self.channels),
+                           [None, None, self.channels])
 
 
 class MockSource(_IndexedSource):
@@ -442,8 +459,7 @@ class TfdsSource(DataSource):
   def decode(self, example):
     image = example["image"]
     if image.dtype == tf.string:
-      image = tf.io.decode_image(image, channels=self.image_shape[2],
-                                 expand_animations=False)
+      image = decode_like_pil(image, self.image_shape[2])
     return {"image": image, "label": example["label"]}
 
 

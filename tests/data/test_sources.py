@@ -136,3 +136,30 @@ def test_mock_source_has_the_real_datasets_shape():
   assert src.num_examples("train") == 256
   first = _images(src.read("train[:4]"))
   np.testing.assert_array_equal(first, _images(src.read("train[:4]")))
+
+
+def test_folder_jpegs_decode_to_pils_pixels(tmp_path):
+  """torchvision's ImageFolder reads with PIL; TF's default JPEG IDCT is not
+  PIL's (up to 4 grey levels apart on CIFAR-10's JPEGs)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  smooth = np.cumsum(rng.integers(-9, 10, size=(4, 32, 32, 3)), axis=2)
+  for split in ("train",):
+    for i, pixels in enumerate(np.clip(smooth + 128, 0, 255).astype(np.uint8)):
+      folder = tmp_path / split / f"c{i % 2}"
+      folder.mkdir(parents=True, exist_ok=True)
+      Image.fromarray(pixels).save(folder / f"{i}.jpg", quality=75)
+      Image.fromarray(pixels).save(folder / f"{i}.png")
+  src = sources.get_source(f"folder:{tmp_path}")
+  ours = {}
+  for path in src._listing["train"][0]:  # pylint: disable=protected-access
+    ours[path] = src.decode({"image": tf.constant(path), "label": 0})["image"]
+  differs_from_tf_default = False
+  for path, image in ours.items():
+    pil = np.asarray(Image.open(path).convert("RGB"))
+    np.testing.assert_array_equal(image.numpy(), pil, err_msg=path)
+    if path.endswith(".jpg"):
+      default = tf.io.decode_image(tf.io.read_file(path), channels=3).numpy()
+      differs_from_tf_default |= bool(np.any(default != pil))
+  assert differs_from_tf_default  # Else this test could not fail.
