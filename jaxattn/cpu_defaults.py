@@ -9,8 +9,7 @@ whose only JAX platform is the CPU, :func:`configure` therefore
   (``jax_num_cpu_devices``), so that the jit step's batch is data-parallel
   over the cores, exactly as it is over GPUs;
 * appends :data:`XLA_CPU_FLAGS` (XLA:CPU's library paths that measured
-  fastest on this project's train steps, and a cross-device rendezvous
-  timeout that a loaded host does not hit) to ``XLA_FLAGS``.
+  fastest on this project's train steps) to ``XLA_FLAGS``.
 
 Every choice yields to the user's own: ``--jax_num_cpu_devices=N`` (or
 ``JAX_NUM_CPU_DEVICES``), ``--xla_force_host_platform_device_count`` in
@@ -43,13 +42,8 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 # full train step (benchmarks/README.md, "XLA:CPU's library paths"):
 # YNNPACK for dots only (XLA's default also hands it the convolutions, whose
 # gradients it ran 1.3-6x slower than XLA's own; its dots keep bf16 on AMX).
-# And a 10-minute rendezvous timeout for the cross-device all-reduce: XLA's
-# 40 s default aborted a 25-epoch seed-004 run at epoch 15 on this 2-core
-# host while another job shared the cores (one device's thread was not
-# scheduled in time); a loaded CPU host is slow, not deadlocked.
 _TESTED_XLA_CPU_FLAGS: dict[str, tuple[str, ...]] = {
-    "0.10": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",
-             "--xla_cpu_collective_call_terminate_timeout_seconds=600"),
+    "0.10": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",),
 }
 
 

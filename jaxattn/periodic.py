@@ -168,14 +168,17 @@ class EpochLog:
     self._path = (pathlib.Path(exp.workdir) / METRICS_FILE
                   if exp.workdir and jax.process_index() == 0 else None)
     self._drop_rows_after(start_step)
-    self._metrics, self._seconds = None, 0.0
+    self._steps, self._seconds = [], 0.0
     self.restart(start_step)
 
   def restart(self, step: int) -> None:
     self._start, self._start_step = time.time(), step
 
   def add(self, step_metrics) -> None:
-    self._metrics = _merge(self._metrics, step_metrics)
+    # Kept, not merged: merging on the device every step would put one more
+    # multi-device computation in flight per step beside the train step's
+    # all-reduce; the epoch's are merged once, after the loop has synced.
+    self._steps.append(step_metrics)
 
   def end_training(self, step: int, epoch: int) -> None:
     """At the epoch's last step, before validation: its training time."""
@@ -189,9 +192,12 @@ class EpochLog:
   def write_row(self, step: int, epoch: int,
                 val: dict[str, float] | None) -> None:
     """After validation (``val``: its metrics, or None): the CSV row."""
-    train = ({k: float(v) for k, v in self._metrics.compute().items()}
-             if self._metrics is not None else {})
-    self._metrics = None
+    merged = None
+    for step_metrics in self._steps:
+      merged = _merge(merged, step_metrics)
+    self._steps = []
+    train = ({k: float(v) for k, v in merged.compute().items()}
+             if merged is not None else {})
     if self._path is None:
       return
     val = val or {}

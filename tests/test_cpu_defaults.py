@@ -31,13 +31,6 @@ def test_the_users_device_count_wins(environ, setting, why):
   assert setup.applied and setup.cpu_devices is None and why in setup.reason
 
 
-def test_a_loaded_host_does_not_abort_the_all_reduce_after_40_s():
-  if cpu_defaults._jaxlib_minor() != "0.10":  # pylint: disable=protected-access
-    pytest.skip("the timeout flag is adopted for jaxlib 0.10 only")
-  assert ("--xla_cpu_collective_call_terminate_timeout_seconds=600"
-          in cpu_defaults.XLA_CPU_FLAGS)
-
-
 def test_flags_the_user_named_are_not_added_again():
   for flag in cpu_defaults.XLA_CPU_FLAGS:
     name = flag.split("=")[0]
