@@ -193,6 +193,7 @@ class Steps:
   example_shape: tuple[int, ...]
   train: CompiledStep
   eval: CompiledStep | None
+  mesh_devices: int  # Devices the steps run on (a CPU host may use fewer).
 
 
 def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
@@ -208,8 +209,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
   # pylint: disable=g-import-not-at-top
   import jax
   import ml_collections
-  import numpy as np
-  from jaxattn import experiment, parallel
+  from jaxattn import experiment
   # pylint: enable=g-import-not-at-top
 
   config = ml_collections.ConfigDict(config.to_dict())
@@ -217,7 +217,9 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
   config.eval_batch_size = eval_batch_size or config.eval_batch_size
   config.init_from = ""  # Timing needs no pretrained weights.
   config.pretrained_required = False
-  exp = experiment.Experiment(config, data="metadata")
+  # The mesh training gets: on a CPU host, the device count measured fastest
+  # for this model (probed once, then cached; jaxattn/cpu_layout.py).
+  exp = experiment.Experiment(config, data="metadata", probe_layout=True)
   exp.shard  # pylint: disable=pointless-statement  # Checks the batch size.
   if eval_batch_size:
     exp.eval_shard  # pylint: disable=pointless-statement
@@ -225,15 +227,6 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     exp = exp.with_features(None)
   config, shape = exp.config, exp.input_shape
   state = exp.init_state()
-  rng = np.random.default_rng(0)
-
-  def synthetic_batch(size: int, with_mask: bool):
-    # Normalised images are roughly N(0, 1), and so, scaled, are logits.
-    batch = {"image": rng.standard_normal((size, *shape)).astype(np.float32),
-             "label": rng.integers(0, config.num_classes, size)}
-    if with_mask:
-      batch["mask"] = np.ones(size, np.float32)
-    return parallel.global_batch(batch, exp.batch_sharding)
 
   def compile_step(fn, *args):
     start = time.perf_counter()
@@ -243,7 +236,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     compiled = lowered.compile()
     return compiled, lower_seconds, time.perf_counter() - start
 
-  batch = synthetic_batch(batch_size, with_mask=False)
+  batch = exp.synthetic_batch(batch_size)
   train_compiled, lower_s, compile_s = compile_step(exp.train_fn, state, batch)
   current = {"state": state}
   del state  # Donated by the first step: only `current` may hold it.
@@ -263,7 +256,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
                             train_once, train_compiled.as_text)
   eval_step = None
   if eval_batch_size:
-    eval_batch = synthetic_batch(eval_batch_size, with_mask=True)
+    eval_batch = exp.synthetic_batch(eval_batch_size, with_mask=True, seed=1)
     eval_compiled, eval_lower_s, eval_compile_s = compile_step(
         exp.eval_fn, current["state"], eval_batch)
 
@@ -274,6 +267,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
                              _flops(eval_compiled, exp.mesh.size), eval_once,
                              eval_compiled.as_text)
   return Steps(config=config, num_params=exp.num_params(),
+               mesh_devices=exp.mesh.size,
                example_shape=tuple(shape), train=train_step, eval=eval_step)
 
 
@@ -293,6 +287,7 @@ def bench_steps(config, *, batch_size: int, eval_batch_size: int,
   results = dict(
       model=config.model.name, compute_dtype=config.compute_dtype,
       num_params=built.num_params, batch_size=batch_size,
+      mesh_devices=built.mesh_devices,
       example_shape=list(built.example_shape), lower_s=train_step.lower_s,
       compile_s=train_step.compile_s, train_steps=num_steps,
       train_step_s=seconds, train_images_per_s=batch_size / seconds,

@@ -30,10 +30,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from absl import logging
 
-from jaxattn import (checkpointing, configlib, mixing, optim, parallel,
-                     pretrained, steps)
+from jaxattn import (checkpointing, configlib, cpu_layout, mixing, optim,
+                     parallel, pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model, get_interface
 from jaxattn.models import interface as interface_lib
@@ -49,7 +50,11 @@ class Experiment:
   """The resolved config, data source, model, optimizer, mesh and steps."""
 
   def __init__(self, config: ml_collections.ConfigDict, *, data: str = "full",
-               workdir: str | None = None):
+               workdir: str | None = None, mesh_devices: int | None = None,
+               probe_layout: bool = False):
+    """``mesh_devices``: how many devices the mesh spans (None: every device,
+    or on a CPU host the count ``cpu_layout`` chose; ``probe_layout``: let it
+    measure the candidates when this model has no measured layout yet)."""
     if data not in DATA_MODES:
       raise ValueError(f"data={data!r} must be one of {DATA_MODES}.")
     self.workdir = os.path.abspath(workdir) if workdir else None
@@ -68,7 +73,11 @@ class Experiment:
     self.interface.check(config)
 
     # --- Mesh and each process's share of a batch -------------------------
-    self.mesh = parallel.create_mesh()
+    if mesh_devices is None:  # A CPU host: the device count measured fastest.
+      layout = cpu_layout.choose(config, probe=probe_layout)
+      cpu_layout.log(layout)
+      mesh_devices = layout.num_devices if layout else None
+    self.mesh = parallel.create_mesh(mesh_devices)
     self.batch_sharding = parallel.batch_sharded(self.mesh)
     if data == "full":  # Fail now on a batch the devices cannot split.
       self.shard, self.eval_shard  # pylint: disable=pointless-statement
@@ -118,14 +127,14 @@ class Experiment:
     """This process's rows of each training batch."""
     return pipeline.ProcessShard(
         jax.process_index(), jax.process_count(),
-        parallel.check_batch_size(self.config.batch_size))
+        parallel.check_batch_size(self.config.batch_size, mesh=self.mesh))
 
   @functools.cached_property
   def eval_shard(self) -> pipeline.ProcessShard:
     return pipeline.ProcessShard(
         jax.process_index(), jax.process_count(),
         parallel.check_batch_size(self.config.eval_batch_size,
-                                  "eval_batch_size"))
+                                  "eval_batch_size", mesh=self.mesh))
 
   @classmethod
   def for_workdir(cls, workdir: str) -> "Experiment":
@@ -262,6 +271,19 @@ class Experiment:
                           use_ema=self.use_ema),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=parallel.replicated(self.mesh))
+
+  def synthetic_batch(self, size: int, *, with_mask: bool = False,
+                      seed: int = 0) -> dict[str, jax.Array]:
+    """A random batch of the train step's input shape, on the mesh (bench
+    and the CPU layout probe). Normalised images are roughly N(0, 1), and so,
+    scaled, are the backbone logits of seed 000's feature-cached head."""
+    rng = np.random.default_rng(seed)
+    batch = {"image": rng.standard_normal((size, *self.input_shape)
+                                          ).astype(np.float32),
+             "label": rng.integers(0, self.config.num_classes, size)}
+    if with_mask:
+      batch["mask"] = np.ones(size, np.float32)
+    return parallel.global_batch(batch, self.batch_sharding)
 
   def apply(self, variables: PyTree, inputs: jax.Array) -> Any:
     """The model's eval-mode outputs on a batch of the pipeline's inputs."""

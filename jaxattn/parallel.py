@@ -32,9 +32,16 @@ STRATEGIES = ("replicate", "fsdp")
 DEFAULT_RULES = ((".*", "replicate"),)
 
 
-def create_mesh() -> Mesh:
-  """A 1-D mesh over all devices of all processes."""
-  return Mesh(np.asarray(jax.devices()), (DATA_AXIS,))
+def create_mesh(num_devices: int | None = None) -> Mesh:
+  """A 1-D mesh over all devices of all processes, or over the first
+  ``num_devices`` of them (a CPU host's layout: ``jaxattn/cpu_layout.py``)."""
+  devices = jax.devices()
+  if num_devices is not None:
+    if not 1 <= num_devices <= len(devices):
+      raise ValueError(f"A mesh of {num_devices} devices, but JAX has "
+                       f"{len(devices)}.")
+    devices = devices[:num_devices]
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -103,15 +110,19 @@ def is_replicated(shardings: Any) -> bool:
              for s in jax.tree.leaves(shardings))
 
 
-def check_batch_size(batch_size: int, name: str = "batch_size") -> int:
-  """Returns this process's share of a global batch, or explains the fix."""
-  devices, processes = jax.device_count(), jax.process_count()
+def check_batch_size(batch_size: int, name: str = "batch_size",
+                     mesh: Mesh | None = None) -> int:
+  """Returns this process's share of a global batch, or explains the fix.
+  The batch is split over ``mesh`` (default: every device)."""
+  devices = mesh.size if mesh is not None else jax.device_count()
+  processes = jax.process_count()
   if batch_size <= 0 or batch_size % devices:
     cpu_hint = ""
     if jax.default_backend() == "cpu" and devices > 1:
-      cpu_hint = (" On a CPU host every core is a JAX device "
-                  "(jaxattn/cpu_defaults.py); --jax_num_cpu_devices=1 makes "
-                  "one device of them all.")
+      cpu_hint = (f" The {devices} CPU devices are your choice "
+                  "(--jax_num_cpu_devices or XLA_FLAGS); without it jaxattn "
+                  "picks a count that divides the batch "
+                  "(jaxattn/cpu_layout.py).")
     raise ValueError(
         f"config.{name}={batch_size} must be a positive multiple of the "
         f"number of devices ({devices}); e.g. --config.{name}="

@@ -37,7 +37,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains (or resumes) a run in `workdir`; returns its results."""
   workdir = os.path.abspath(workdir)
   _check_test_checkpoint(config)
-  exp = experiment.Experiment(config, workdir=workdir)
+  # On a CPU host the mesh spans the device count measured fastest for this
+  # model (probed once per model and host; jaxattn/cpu_layout.py).
+  exp = experiment.Experiment(config, workdir=workdir, probe_layout=True)
   _check_same_run(workdir, exp.config)
   checkpointing.save_config(workdir, exp.config)
   writer = _create_writer(exp.config, workdir)
@@ -54,8 +56,8 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
            writer) -> dict[str, Any]:
   config, workdir, total_steps = exp.config, exp.workdir, exp.total_steps
   logging.info("Devices: %d (%d per process, %d processes); %s: %d examples, "
-               "%d steps/epoch, %d steps in all.", jax.device_count(),
-               jax.local_device_count(), jax.process_count(),
+               "%d steps/epoch, %d steps in all.", exp.mesh.size,
+               exp.mesh.size // jax.process_count(), jax.process_count(),
                config.train_split, exp.num_train_examples,
                exp.steps_per_epoch, total_steps)
 

@@ -19,6 +19,11 @@ from jaxattn import cpu_defaults  # noqa: E402  (imports no JAX)
 os.environ["XLA_FLAGS"] = " ".join([
     *cpu_defaults.XLA_CPU_FLAGS, *os.environ.get("XLA_FLAGS", "").split(),
     "--xla_force_host_platform_device_count=4"])
+# Two XLA CPU client threads per device, as cpu_defaults gives the commands:
+# with one per device, a test's multi-device programs can deadlock in their
+# all-reduce (cpu_defaults.client_threads).
+os.environ.setdefault(cpu_defaults.CLIENT_THREADS_VARS[0], str(
+    cpu_defaults.client_threads(4, cpu_defaults.usable_cores())))
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent XLA compilation cache for the session, shared with the

@@ -31,6 +31,26 @@ def test_the_users_device_count_wins(environ, setting, why):
   assert setup.applied and setup.cpu_devices is None and why in setup.reason
 
 
+@pytest.mark.parametrize("environ, setting, threads", [
+    ({}, _UNSET, 12),  # One device per core: 2 client threads per device.
+    ({}, 4, 8),  # The user's count gets them too.
+    ({"XLA_FLAGS": "--xla_force_host_platform_device_count=3"}, _UNSET, 6),
+    ({}, 1, None),  # One device: nothing spans devices.
+    ({"PJRT_NPROC": "5"}, _UNSET, None),  # The user's own pool size.
+    ({"NPROC": "5"}, _UNSET, None),
+])
+def test_multi_device_hosts_get_two_client_threads_per_device(
+    environ, setting, threads):
+  setup = _decide(environ, cores=6, num_cpu_devices_setting=setting,
+                  plugins=[])
+  assert setup.applied and setup.client_threads == threads
+
+
+def test_client_threads_never_fewer_than_cores():
+  assert cpu_defaults.client_threads(2, cores=16) == 16
+  assert cpu_defaults.client_threads(8, cores=8) == 16
+
+
 def test_flags_the_user_named_are_not_added_again():
   for flag in cpu_defaults.XLA_CPU_FLAGS:
     name = flag.split("=")[0]
@@ -47,6 +67,7 @@ def test_accelerator_hosts_and_opt_out_are_left_alone(environ, plugins, why):
   setup = _decide(environ, 6, _UNSET, plugins)
   assert not setup.applied and why in setup.reason
   assert setup.cpu_devices is None and not setup.xla_flags_added
+  assert setup.client_threads is None
 
 
 def test_forcing_cpu_on_a_gpu_host_applies_them():
@@ -57,14 +78,15 @@ def test_forcing_cpu_on_a_gpu_host_applies_them():
 def _device_count(env_extra: dict, *args: str) -> tuple[int, str]:
   """jax.device_count() in a fresh process after cpu_defaults.configure()."""
   env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+         if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "PJRT_NPROC")}
   env.update(env_extra)
   code = ("import sys; from absl import logging; logging.set_verbosity('info');"
           "logging.use_absl_handler();"
           "from jaxattn import cpu_defaults; import jax;"
           f"[jax.config.update('jax_num_cpu_devices', int(a)) for a in {args!r}];"
           "cpu_defaults.configure(); print(jax.device_count());"
-          "import os; print(os.environ.get('XLA_FLAGS', ''))")
+          "import os; print(os.environ.get('XLA_FLAGS', ''),"
+          "'PJRT_NPROC=' + os.environ.get('PJRT_NPROC', ''))")
   proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-2000:]
@@ -78,6 +100,8 @@ def test_a_fresh_process_uses_every_core_and_logs_it():
   assert f"one per usable core ({count})" in output
   for flag in cpu_defaults.XLA_CPU_FLAGS:
     assert flag in output  # Appended to XLA_FLAGS before the backend.
+  if count > 1:
+    assert f"PJRT_NPROC={2 * count}" in output
 
 
 def test_a_fresh_process_keeps_the_users_choice():
