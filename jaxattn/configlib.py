@@ -16,6 +16,7 @@ the key it overrides, and booleans are absl's (true/false, t/f, 1/0).
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -320,10 +321,31 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def check_duration(config: ml_collections.ConfigDict) -> None:
-  """Exactly one of num_epochs / num_steps must be set (non-zero)."""
+  """How long and how fast the run trains: a ConfigError unless it will.
+
+  Exactly one of num_epochs / num_steps is set, and it is positive; the
+  learning-rate schedule's rates and lengths are valid (``optim.check_schedule``).
+  A negative duration or rate is accepted by the trainer and optax alike and
+  gives a run that "finishes" having trained nothing, so it is refused here,
+  when the config is resolved, before anything is written to the workdir.
+  """
+  for key in ("num_epochs", "num_steps"):
+    value = config[key]
+    if not (math.isfinite(value) and value >= 0):
+      raise ConfigError(
+          f"config.{key}={value} must be >= 0: train for num_epochs > 0 "
+          f"epochs or num_steps > 0 steps, e.g. --config.{key}="
+          f"{abs(value) if math.isfinite(value) else 10}.")
   if bool(config.num_epochs) == bool(config.num_steps):
-    raise ValueError(
+    raise ConfigError(
         "Set exactly one of config.num_epochs and config.num_steps (got "
         f"num_epochs={config.num_epochs}, num_steps={config.num_steps}); "
         "to switch, zero the other, e.g. --config.num_epochs=0 "
         "--config.num_steps=1000.")
+  # Imported here: loading a config file (which imports this module) should
+  # not pull in JAX and optax.
+  from jaxattn import optim  # pylint: disable=g-import-not-at-top
+  try:
+    optim.check_schedule(config.schedule)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
