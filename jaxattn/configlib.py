@@ -3,8 +3,9 @@
 A config file defines ``get_config(arg)``. ``arg`` is the short string after
 the colon in ``--config=configs/x.py:smoke,epochs=5``; :func:`parse_arg` turns
 it into typed values. :func:`base_config` holds every key the trainer reads,
-with its default, so a typo in ``--config.KEY=VALUE`` fails at once (ml_collections
-rejects unknown keys) and a config file only states what differs.
+with its default, so a typo in ``--config.KEY=VALUE`` fails at once (a usage
+error naming the closest key and the valid ones) and a config file only states
+what differs.
 
 One loader for everything: the absl commands define ``--config`` with
 :func:`define_config_flag` and read it with :func:`config_from_flag`; the
@@ -16,6 +17,7 @@ the key it overrides, and booleans are absl's (true/false, t/f, 1/0).
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +26,9 @@ from typing import Any
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+# The module behind config_flags, for its flag class (see _ConfigFileFlag).
+from ml_collections.config_flags import config_flags as config_flags_impl
+from ml_collections.config_flags import config_path
 
 _BOOLEAN = flags.BooleanParser()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -69,14 +74,77 @@ class ConfigError(ValueError):
   """A config that cannot be loaded; the message says what to pass instead."""
 
 
+class UnknownConfigKeyError(flags.IllegalFlagValueError):
+  """``--config.KEY=VALUE`` names a key the config does not have."""
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, path: str,
+                        name: str = "config") -> str | None:
+  """What is wrong with the override ``--NAME.PATH``, if PATH is unknown.
+
+  Names the first part of PATH that the config lacks, the closest key at
+  that level (difflib), and every key of that level; or the value that PATH
+  goes through as if it held keys. None when the whole path exists (or
+  indexes a list or tuple, which is not checked here).
+  """
+  holder, where = config, name
+  for field in config_path.split(path):
+    if not isinstance(field, str):  # An index into a list or tuple.
+      return None
+    if not isinstance(holder, ml_collections.ConfigDict):
+      return (f"--{name}.{path}: {where}={holder!r} is a value, not a group "
+              f"of keys; set it with --{where}=VALUE.")
+    if field not in holder:
+      keys = sorted(holder.keys())
+      close = difflib.get_close_matches(field, keys, n=1)
+      hint = f" Did you mean --{where}.{close[0]}?" if close else ""
+      return (f"--{name}.{path}: {where} has no key {field!r}.{hint} "
+              f"Keys of {where}: {', '.join(keys)}.")
+    holder, where = holder[field], f"{where}.{field}"
+  return None
+
+
+class _ConfigFileFlag(config_flags_impl._ConfigFlag):  # pylint: disable=protected-access
+  """ml_collections' ``--config`` flag, with a usage error for an unknown key.
+
+  ml_collections lets the ConfigDict's AttributeError / KeyError for an
+  unknown ``--config.KEY`` escape from flag parsing; absl's ``app.run`` turns
+  only ``flags.Error`` into a short usage message, so the user got a 50-line
+  traceback. Here that error becomes an ``UnknownConfigKeyError`` (a
+  ``flags.Error``) naming the key, the closest valid one and all of them.
+  The base class is private to ml_collections (pinned <2 in pyproject.toml);
+  tests/test_bad_input.py runs the commands through it.
+  """
+
+  def _parse(self, argument):
+    try:
+      return super()._parse(argument)
+    except (AttributeError, KeyError):
+      # The config parsed before the overrides were applied; parse it again
+      # (the error path only) to find which override names no key.
+      config = self.parser.parse(argument)
+      for path in self._GetOverrides(self._GetArgv()):
+        message = unknown_key_message(config, path, self.name)
+        if message:
+          raise UnknownConfigKeyError(message) from None
+      raise
+
+
 def define_config_flag(name: str = "config",
                        flag_values: flags.FlagValues = flags.FLAGS,
                        sys_argv: Sequence[str] | None = None) -> None:
-  """``--config=FILE[:ARG]`` plus ``--config.KEY=VALUE`` overrides."""
-  config_flags.DEFINE_config_file(
-      name, None, "Config file[:ARG], e.g. configs/quickstart.py:smoke; "
+  """``--config=FILE[:ARG]`` plus ``--config.KEY=VALUE`` overrides.
+
+  ``config_flags.DEFINE_config_file``, with its flag class replaced by
+  :class:`_ConfigFileFlag` so that an unknown key is a usage error.
+  """
+  flags.DEFINE_flag(_ConfigFileFlag(
+      parser=config_flags_impl.ConfigFileFlagParser(name=name,
+                                                     lock_config=True),
+      serializer=flags.ArgumentSerializer(), name=name, default=None,
+      help_string="Config file[:ARG], e.g. configs/quickstart.py:smoke; "
       "override keys with --config.KEY=VALUE.", flag_values=flag_values,
-      lock_config=True, sys_argv=sys_argv)
+      sys_argv=sys_argv), flag_values)
 
 
 def _known_configs() -> str:
@@ -125,14 +193,12 @@ def load(spec: str, overrides: Mapping[str, Any] | Sequence[str] = ()
   define_config_flag(flag_values=flag_values, sys_argv=argv)
   try:
     flag_values(argv)
+  except UnknownConfigKeyError as e:
+    raise ConfigError(f"--config={spec}: {e}") from None
   except (flags.Error, AttributeError, KeyError) as e:
-    # An unknown --config.KEY surfaces as the ConfigDict's AttributeError.
     # config_flags wraps a get_config() error in its traceback: the last
     # line is the error itself.
     reason = str(e).strip().splitlines()[-1].strip().strip("\"'")
-    if isinstance(e, (AttributeError, KeyError)):
-      reason = (f"no config key {reason}; --config.KEY=VALUE overrides only "
-                "keys the config has (see jaxattn/configlib.py:base_config)")
     raise ConfigError(f"--config={spec}: {reason}") from None
   return config_from_flag(flag_values=flag_values)
 
