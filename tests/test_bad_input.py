@@ -4,10 +4,14 @@ Each runs the real command in a subprocess, as a user would, and stops at the
 bad input long before any training.
 """
 
+import os
+import pathlib
 import re
+import stat
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from jaxattn import configlib
@@ -71,3 +75,20 @@ def test_unknown_config_key_through_the_loader():
   with pytest.raises(configlib.ConfigError,
                      match=r"config.num_epochs=1 is a value, not a group"):
     configlib.load("quickstart:smoke", ["num_epochs.x=3"])
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o027, 0o640)],
+                         ids=["umask022", "umask027"])
+def test_converter_outputs_follow_the_umask(tmp_path, umask, mode):
+  """They were written 0600 (mkstemp's mode), unreadable to anyone else."""
+  from jaxattn.convert import files  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "weights.npz"
+  previous = os.umask(umask)
+  try:
+    files.write_state_dict({"w": np.zeros(3, np.float32)}, str(out))
+    files.atomic_write(str(tmp_path / "out.json"),
+                       lambda tmp: pathlib.Path(tmp).write_text("{}"))
+  finally:
+    os.umask(previous)
+  assert stat.S_IMODE(out.stat().st_mode) == mode
+  assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == mode
