@@ -92,3 +92,63 @@ def test_converter_outputs_follow_the_umask(tmp_path, umask, mode):
     os.umask(previous)
   assert stat.S_IMODE(out.stat().st_mode) == mode
   assert stat.S_IMODE((tmp_path / "out.json").stat().st_mode) == mode
+
+
+def _jpeg_folder(root, bad_name="broken.jpg"):
+  """root/{train,test}/{a,b}/*.jpg, and a truncated JPEG in train/b."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  for split in ("train", "test"):
+    for cls in ("a", "b"):
+      (root / split / cls).mkdir(parents=True)
+      for i in range(4):
+        pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / split / cls / f"{i}.jpg")
+  whole = (root / "train" / "a" / "0.jpg").read_bytes()
+  bad = root / "train" / "b" / bad_name
+  bad.write_bytes(whole[:len(whole) // 2])
+  return bad
+
+
+@pytest.mark.parametrize("stream", ["train", "eval"])
+def test_corrupt_jpeg_in_a_folder_is_named(tmp_path, stream):
+  """TensorFlow's error ("jpeg::Uncompress failed") named no file."""
+  from jaxattn.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  bad = _jpeg_folder(tmp_path)
+  source = sources.get_source(f"folder:{tmp_path}")
+  config = configlib.base_config()
+  config.image_size, config.train_split = (8, 8), "train"
+  shard = pipeline.ProcessShard(0, 1, 3)
+  if stream == "train":
+    ds = pipeline.create_train_dataset(source, config, shard=shard,
+                                       steps_per_epoch=3, num_epochs=1)
+  else:
+    ds, _ = pipeline.create_eval_dataset(source, "train", config, shard=shard)
+  with pytest.raises(sources.DatasetError) as error:
+    list(pipeline.as_numpy(ds))
+  first_line, named = str(error.value).splitlines()
+  assert first_line == (f"1 image file(s) of folder:{tmp_path} (split "
+                        "'train') cannot be decoded:")
+  # (PIL's reason in the parentheses.)
+  assert named.startswith(f"  {bad}: not a readable image (")
+  assert named.endswith("); remove it, or re-save it as PNG or JPEG.")
+
+
+def test_cmyk_jpeg_for_a_grayscale_model_is_named_as_such(tmp_path):
+  """It was "not an image TensorFlow can decode"; it is a CMYK JPEG, which
+  TensorFlow cannot turn into one channel."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+
+  from jaxattn import inference  # pylint: disable=g-import-not-at-top
+  path = tmp_path / "scan.jpg"
+  Image.new("CMYK", (8, 8), (0, 0, 0, 128)).save(path)
+  config = configlib.base_config()
+  config.num_channels, config.image_size = 1, (8, 8)
+  with pytest.raises(inference.InputError,
+                     match=r"scan.jpg: a CMYK JPEG \(4 channels\).*1-channel "
+                     r"images.*convert it, e\.g\. PIL\.Image\.open\(f\)"
+                     r"\.convert\('L'\)\.save\(f\)"):
+    inference.read_images([str(path)], config)
+  # Three channels it decodes, as PIL would convert it.
+  config.num_channels = 3
+  assert inference.read_images([str(path)], config).shape == (1, 8, 8, 3)
