@@ -66,14 +66,16 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
 
 
 def check_schedule(s: ml_collections.ConfigDict) -> None:
-  """Rejects a ``config.schedule`` that would train wrongly, or not at all.
+  """Rejects a ``config.schedule`` that would train wrongly.
 
-  A negative learning rate climbs the loss instead of descending it, and a
-  zero peak (or a NaN) leaves the weights where they started; optax accepts
-  both without a word, so a run "succeeds" having learnt nothing. Each
-  schedule kind's own values are checked: rates finite and >= 0, its peak
-  > 0, its lengths >= 0. Called when the config is resolved (through
-  ``configlib.check_duration``), before anything is written to a workdir.
+  A negative learning rate climbs the loss instead of descending it and a
+  NaN destroys the weights; optax accepts both without a word. Each schedule
+  kind's own values are checked: rates finite and >= 0, lengths >= 0. A zero
+  rate is allowed (it is how a run keeps its weights and only updates
+  BatchNorm statistics), except a zero peak under a non-zero ``end_lr``,
+  which optax's warmup_cosine silently drops. Called when the config is
+  resolved (through ``configlib.check_duration``), before anything is
+  written to a workdir.
   """
   if s.name not in SCHEDULES:
     raise ValueError(f"Unknown config.schedule.name {s.name!r}; known: "
@@ -106,16 +108,22 @@ def check_schedule(s: ml_collections.ConfigDict) -> None:
       raise ValueError(
           "config.schedule.knots must have finite, non-negative, "
           f"non-decreasing epochs; got {s.knots}.")
-    if not all(math.isfinite(v) and v >= 0 for v in rates) or max(rates) <= 0:
+    if not all(math.isfinite(v) and v >= 0 for v in rates):
       raise ValueError(
           f"config.schedule.knots={s.knots}: every learning rate must be "
-          "finite and >= 0, and one of them > 0, e.g. "
-          "knots=((0, 0.0), (2, 0.01), (10, 0.0)) in the config file.")
+          "finite and >= 0, e.g. knots=((0, 0.0), (2, 0.01), (10, 0.0)) in "
+          "the config file.")
     return
-  check("lr", s.lr, positive=True, what="the peak learning rate")
+  check("lr", s.lr, what="the peak learning rate")
   check("init_lr", s.init_lr, what="the learning rate the warm-up starts at")
   if s.name == "warmup_cosine":
     check("end_lr", s.end_lr, what="the final learning rate")
+    if s.end_lr and not s.lr:  # optax then decays to 0, not to end_lr.
+      raise ValueError(
+          f"config.schedule.lr=0.0 with end_lr={s.end_lr}: the "
+          "'warmup_cosine' schedule decays from its peak lr to end_lr, so "
+          "the peak must be > 0; pass e.g. --config.schedule.lr="
+          f"{10 * s.end_lr}, or --config.schedule.end_lr=0 to not train.")
   if s.name == "exponential":
     # A negative factor gives NaN rates (stepwise: a sign that flips every
     # period); zero stops training after the first period.
