@@ -74,8 +74,9 @@ class ConfigError(ValueError):
   """A config that cannot be loaded; the message says what to pass instead."""
 
 
-class UnknownConfigKeyError(flags.IllegalFlagValueError):
-  """``--config.KEY=VALUE`` names a key the config does not have."""
+class ConfigUsageError(flags.IllegalFlagValueError):
+  """A ``--config`` argument or ``--config.KEY`` the user must change; the
+  message says how. absl's ``app.run`` prints it as a usage error."""
 
 
 def unknown_key_message(config: ml_collections.ConfigDict, path: str,
@@ -110,8 +111,10 @@ class _ConfigFileFlag(config_flags_impl._ConfigFlag):  # pylint: disable=protect
   ml_collections lets the ConfigDict's AttributeError / KeyError for an
   unknown ``--config.KEY`` escape from flag parsing; absl's ``app.run`` turns
   only ``flags.Error`` into a short usage message, so the user got a 50-line
-  traceback. Here that error becomes an ``UnknownConfigKeyError`` (a
-  ``flags.Error``) naming the key, the closest valid one and all of them.
+  traceback. Here that error becomes a ``ConfigUsageError`` (a
+  ``flags.Error``) naming the key, the closest valid one and all of them;
+  so does a ConfigError of ``get_config`` (an unknown config argument),
+  which config_flags would print with its traceback.
   The base class is private to ml_collections (pinned <2 in pyproject.toml);
   tests/test_bad_input.py runs the commands through it.
   """
@@ -119,6 +122,20 @@ class _ConfigFileFlag(config_flags_impl._ConfigFlag):  # pylint: disable=protect
   def _parse(self, argument):
     try:
       return super()._parse(argument)
+    except flags.IllegalFlagValueError as e:
+      # config_flags re-raises any ValueError of get_config() as the same
+      # type with its traceback for message; the first ConfigError raised
+      # (parse_arg: an unknown config argument) is the user's mistake, and
+      # its own message says what to pass.
+      first_config_error, cause = None, e.__context__
+      while cause is not None:
+        if isinstance(cause, ConfigError):
+          first_config_error = cause
+        cause = cause.__context__
+      if first_config_error is None:
+        raise
+      raise ConfigUsageError(
+          f"--{self.name}={argument}: {first_config_error}") from None
     except (AttributeError, KeyError):
       # The config parsed before the overrides were applied; parse it again
       # (the error path only) to find which override names no key.
@@ -126,7 +143,7 @@ class _ConfigFileFlag(config_flags_impl._ConfigFlag):  # pylint: disable=protect
       for path in self._GetOverrides(self._GetArgv()):
         message = unknown_key_message(config, path, self.name)
         if message:
-          raise UnknownConfigKeyError(message) from None
+          raise ConfigUsageError(message) from None
       raise
 
 
@@ -193,8 +210,8 @@ def load(spec: str, overrides: Mapping[str, Any] | Sequence[str] = ()
   define_config_flag(flag_values=flag_values, sys_argv=argv)
   try:
     flag_values(argv)
-  except UnknownConfigKeyError as e:
-    raise ConfigError(f"--config={spec}: {e}") from None
+  except ConfigUsageError as e:  # Its message names the flag and the fix.
+    raise ConfigError(str(e)) from None
   except (flags.Error, AttributeError, KeyError) as e:
     # config_flags wraps a get_config() error in its traceback: the last
     # line is the error itself.
@@ -208,20 +225,21 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
   A bare key means True (for boolean keys). Values take the type of their
   default (bool, int, float or str; booleans as in ``--config.KEY=VALUE``).
-  Unknown keys raise an error listing the valid ones.
+  Unknown keys raise a ConfigError listing the valid ones (a usage error on
+  the command line).
   """
   values = dict(defaults)
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
     key, sep, raw = token.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(
+      raise ConfigError(
           f"Unknown config argument {key!r} in {arg!r}. Valid arguments: "
           f"{', '.join(f'{k}={v!r}' for k, v in defaults.items())}.")
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
-        raise ValueError(f"Config argument {key!r} needs a value: {key}=...")
+        raise ConfigError(f"Config argument {key!r} needs a value: {key}=...")
       values[key] = True
       continue
     raw = raw.strip()
@@ -235,7 +253,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       else:
         values[key] = raw
     except ValueError:
-      raise ValueError(
+      raise ConfigError(
           f"Config argument {key}={raw!r} is not a valid "
           f"{type(default).__name__}.") from None
   return ml_collections.ConfigDict(values)

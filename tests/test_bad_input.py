@@ -38,23 +38,28 @@ def test_negative_epochs_fail_before_the_workdir_is_written(tmp_path):
   assert not workdir.exists()
 
 
-@pytest.mark.parametrize("command,override,message", [
+@pytest.mark.parametrize("command,config_args,message", [
     # main.py: a nested key names that level's keys and the closest one.
-    ("main.py", "--config.optimizer.nmae=adam",
+    ("main.py", [SMOKE, "--config.optimizer.nmae=adam"],
      "--config.optimizer.nmae: config.optimizer has no key 'nmae'. Did you "
      "mean --config.optimizer.name? Keys of config.optimizer: b1, b2, eps, "
      "momentum, name, nesterov, weight_decay, weight_decay_exclude."),
     # Every absl command defines --config the same way (summary: the
     # cheapest to start).
-    ("-m jaxattn.summary", "--config.batchsize=3",
+    ("-m jaxattn.summary", [SMOKE, "--config.batchsize=3"],
      "config has no key 'batchsize'. Did you mean --config.batch_size? "
      "Keys of config: augment, batch_size,"),
-])
+    # An unknown config argument: its message, without config_flags'
+    # traceback around it.
+    ("main.py", ["--config=configs/quickstart.py:smok"],
+     "--config=configs/quickstart.py:smok: Unknown config argument 'smok' in "
+     "'smok'. Valid arguments: smoke=False, model='vit', epochs=30, batch=64."),
+], ids=["main_nested_key", "summary_key", "main_config_argument"])
 def test_unknown_config_key_is_a_short_usage_error(tmp_path, command,
-                                                   override, message):
+                                                   config_args, message):
   """It was a 51-line traceback naming no valid key."""
   workdir = tmp_path / "run"
-  argv = [*command.split(), SMOKE, override]
+  argv = [*command.split(), *config_args]
   if command == "main.py":
     argv.append(f"--workdir={workdir}")
   proc = subprocess.run([sys.executable, *argv], cwd=REPO,
