@@ -3,8 +3,9 @@
 A config file defines ``get_config(arg)``. ``arg`` is the short string after
 the colon in ``--config=configs/x.py:smoke,epochs=5``; :func:`parse_arg` turns
 it into typed values. :func:`base_config` holds every key the trainer reads,
-with its default, so a typo in ``--config.KEY=VALUE`` fails at once (ml_collections
-rejects unknown keys) and a config file only states what differs.
+with its default, so a typo in ``--config.KEY=VALUE`` fails at once (a usage
+error naming the closest key and the valid ones) and a config file only states
+what differs.
 
 One loader for everything: the absl commands define ``--config`` with
 :func:`define_config_flag` and read it with :func:`config_from_flag`; the
@@ -16,6 +17,8 @@ the key it overrides, and booleans are absl's (true/false, t/f, 1/0).
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +26,9 @@ from typing import Any
 import ml_collections
 from absl import flags
 from ml_collections import config_flags
+# The module behind config_flags, for its flag class (see _ConfigFileFlag).
+from ml_collections.config_flags import config_flags as config_flags_impl
+from ml_collections.config_flags import config_path
 
 _BOOLEAN = flags.BooleanParser()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -68,14 +74,94 @@ class ConfigError(ValueError):
   """A config that cannot be loaded; the message says what to pass instead."""
 
 
+class ConfigUsageError(flags.IllegalFlagValueError):
+  """A ``--config`` argument or ``--config.KEY`` the user must change; the
+  message says how. absl's ``app.run`` prints it as a usage error."""
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, path: str,
+                        name: str = "config") -> str | None:
+  """What is wrong with the override ``--NAME.PATH``, if PATH is unknown.
+
+  Names the first part of PATH that the config lacks, the closest key at
+  that level (difflib), and every key of that level; or the value that PATH
+  goes through as if it held keys. None when the whole path exists (or
+  indexes a list or tuple, which is not checked here).
+  """
+  holder, where = config, name
+  for field in config_path.split(path):
+    if not isinstance(field, str):  # An index into a list or tuple.
+      return None
+    if not isinstance(holder, ml_collections.ConfigDict):
+      return (f"--{name}.{path}: {where}={holder!r} is a value, not a group "
+              f"of keys; set it with --{where}=VALUE.")
+    if field not in holder:
+      keys = sorted(holder.keys())
+      close = difflib.get_close_matches(field, keys, n=1)
+      hint = f" Did you mean --{where}.{close[0]}?" if close else ""
+      return (f"--{name}.{path}: {where} has no key {field!r}.{hint} "
+              f"Keys of {where}: {', '.join(keys)}.")
+    holder, where = holder[field], f"{where}.{field}"
+  return None
+
+
+class _ConfigFileFlag(config_flags_impl._ConfigFlag):  # pylint: disable=protected-access
+  """ml_collections' ``--config`` flag, with a usage error for an unknown key.
+
+  ml_collections lets the ConfigDict's AttributeError / KeyError for an
+  unknown ``--config.KEY`` escape from flag parsing; absl's ``app.run`` turns
+  only ``flags.Error`` into a short usage message, so the user got a 50-line
+  traceback. Here that error becomes a ``ConfigUsageError`` (a
+  ``flags.Error``) naming the key, the closest valid one and all of them;
+  so does a ConfigError of ``get_config`` (an unknown config argument),
+  which config_flags would print with its traceback.
+  The base class is private to ml_collections (pinned <2 in pyproject.toml);
+  tests/test_bad_input.py runs the commands through it.
+  """
+
+  def _parse(self, argument):
+    try:
+      return super()._parse(argument)
+    except flags.IllegalFlagValueError as e:
+      # config_flags re-raises any ValueError of get_config() as the same
+      # type with its traceback for message; the first ConfigError raised
+      # (parse_arg: an unknown config argument) is the user's mistake, and
+      # its own message says what to pass.
+      first_config_error, cause = None, e.__context__
+      while cause is not None:
+        if isinstance(cause, ConfigError):
+          first_config_error = cause
+        cause = cause.__context__
+      if first_config_error is None:
+        raise
+      raise ConfigUsageError(
+          f"--{self.name}={argument}: {first_config_error}") from None
+    except (AttributeError, KeyError):
+      # The config parsed before the overrides were applied; parse it again
+      # (the error path only) to find which override names no key.
+      config = self.parser.parse(argument)
+      for path in self._GetOverrides(self._GetArgv()):
+        message = unknown_key_message(config, path, self.name)
+        if message:
+          raise ConfigUsageError(message) from None
+      raise
+
+
 def define_config_flag(name: str = "config",
                        flag_values: flags.FlagValues = flags.FLAGS,
                        sys_argv: Sequence[str] | None = None) -> None:
-  """``--config=FILE[:ARG]`` plus ``--config.KEY=VALUE`` overrides."""
-  config_flags.DEFINE_config_file(
-      name, None, "Config file[:ARG], e.g. configs/quickstart.py:smoke; "
+  """``--config=FILE[:ARG]`` plus ``--config.KEY=VALUE`` overrides.
+
+  ``config_flags.DEFINE_config_file``, with its flag class replaced by
+  :class:`_ConfigFileFlag` so that an unknown key is a usage error.
+  """
+  flags.DEFINE_flag(_ConfigFileFlag(
+      parser=config_flags_impl.ConfigFileFlagParser(name=name,
+                                                     lock_config=True),
+      serializer=flags.ArgumentSerializer(), name=name, default=None,
+      help_string="Config file[:ARG], e.g. configs/quickstart.py:smoke; "
       "override keys with --config.KEY=VALUE.", flag_values=flag_values,
-      lock_config=True, sys_argv=sys_argv)
+      sys_argv=sys_argv), flag_values)
 
 
 def _known_configs() -> str:
@@ -124,14 +210,12 @@ def load(spec: str, overrides: Mapping[str, Any] | Sequence[str] = ()
   define_config_flag(flag_values=flag_values, sys_argv=argv)
   try:
     flag_values(argv)
+  except ConfigUsageError as e:  # Its message names the flag and the fix.
+    raise ConfigError(str(e)) from None
   except (flags.Error, AttributeError, KeyError) as e:
-    # An unknown --config.KEY surfaces as the ConfigDict's AttributeError.
     # config_flags wraps a get_config() error in its traceback: the last
     # line is the error itself.
     reason = str(e).strip().splitlines()[-1].strip().strip("\"'")
-    if isinstance(e, (AttributeError, KeyError)):
-      reason = (f"no config key {reason}; --config.KEY=VALUE overrides only "
-                "keys the config has (see jaxattn/configlib.py:base_config)")
     raise ConfigError(f"--config={spec}: {reason}") from None
   return config_from_flag(flag_values=flag_values)
 
@@ -141,20 +225,21 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
 
   A bare key means True (for boolean keys). Values take the type of their
   default (bool, int, float or str; booleans as in ``--config.KEY=VALUE``).
-  Unknown keys raise an error listing the valid ones.
+  Unknown keys raise a ConfigError listing the valid ones (a usage error on
+  the command line).
   """
   values = dict(defaults)
   for token in filter(None, (t.strip() for t in (arg or "").split(","))):
     key, sep, raw = token.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(
+      raise ConfigError(
           f"Unknown config argument {key!r} in {arg!r}. Valid arguments: "
           f"{', '.join(f'{k}={v!r}' for k, v in defaults.items())}.")
     default = defaults[key]
     if not sep:
       if not isinstance(default, bool):
-        raise ValueError(f"Config argument {key!r} needs a value: {key}=...")
+        raise ConfigError(f"Config argument {key!r} needs a value: {key}=...")
       values[key] = True
       continue
     raw = raw.strip()
@@ -168,7 +253,7 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       else:
         values[key] = raw
     except ValueError:
-      raise ValueError(
+      raise ConfigError(
           f"Config argument {key}={raw!r} is not a valid "
           f"{type(default).__name__}.") from None
   return ml_collections.ConfigDict(values)
@@ -320,10 +405,31 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def check_duration(config: ml_collections.ConfigDict) -> None:
-  """Exactly one of num_epochs / num_steps must be set (non-zero)."""
+  """How long and how fast the run trains: a ConfigError unless it will.
+
+  Exactly one of num_epochs / num_steps is set, and it is positive; the
+  learning-rate schedule's rates and lengths are valid (``optim.check_schedule``).
+  A negative duration or rate is accepted by the trainer and optax alike and
+  gives a run that "finishes" having trained nothing, so it is refused here,
+  when the config is resolved, before anything is written to the workdir.
+  """
+  for key in ("num_epochs", "num_steps"):
+    value = config[key]
+    if not (math.isfinite(value) and value >= 0):
+      raise ConfigError(
+          f"config.{key}={value} must be >= 0: train for num_epochs > 0 "
+          f"epochs or num_steps > 0 steps, e.g. --config.{key}="
+          f"{abs(value) if math.isfinite(value) else 10}.")
   if bool(config.num_epochs) == bool(config.num_steps):
-    raise ValueError(
+    raise ConfigError(
         "Set exactly one of config.num_epochs and config.num_steps (got "
         f"num_epochs={config.num_epochs}, num_steps={config.num_steps}); "
         "to switch, zero the other, e.g. --config.num_epochs=0 "
         "--config.num_steps=1000.")
+  # Imported here: loading a config file (which imports this module) should
+  # not pull in JAX and optax.
+  from jaxattn import optim  # pylint: disable=g-import-not-at-top
+  try:
+    optim.check_schedule(config.schedule)
+  except ValueError as e:
+    raise ConfigError(str(e)) from None

@@ -119,8 +119,10 @@ def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
       decoded = sources.decode_like_pil(tf.io.read_file(path),
                                         config.num_channels)
     except tf.errors.InvalidArgumentError:
-      raise InputError(f"{path} is not an image TensorFlow can decode (PNG, "
-                       "JPEG, BMP or GIF).") from None
+      # Say what the file is (a CMYK JPEG for a 1-channel model, a truncated
+      # file, ...): TensorFlow's error does not.
+      raise InputError(sources.describe_image_problem(
+          path, config.num_channels)) from None
     images.append(pipeline.preprocess_for_eval(decoded, config).numpy())
   return np.stack(images)
 

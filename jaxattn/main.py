@@ -81,6 +81,9 @@ def main(argv):
   else:
     try:
       config = configlib.config_from_flag()
+      # Also checked when the run resolves its config; here a bad duration or
+      # learning rate is a short usage error instead of a traceback.
+      configlib.check_duration(config)
     except configlib.ConfigError as e:
       raise app.UsageError(str(e)) from None
     train.train_and_evaluate(config, FLAGS.workdir)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 import jax
@@ -31,15 +32,12 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     stepwise when ``staircase`` (the classic step decay).
   """
   s = config.schedule
+  check_schedule(s)
   warmup_steps = s.warmup_steps or int(round(s.warmup_epochs *
                                              steps_per_epoch))
   if s.name == "piecewise_linear":
     epochs = jnp.array([float(e) for e, _ in s.knots], jnp.float32)
     values = jnp.array([float(v) for _, v in s.knots], jnp.float32)
-    if len(s.knots) < 2 or bool(jnp.any(jnp.diff(epochs) < 0)):
-      raise ValueError(
-          "config.schedule.knots must be two or more (epoch, lr) pairs with "
-          f"non-decreasing epochs; got {s.knots}.")
 
     def piecewise(step):
       return jnp.interp((step + 1) / steps_per_epoch, epochs, values)
@@ -65,6 +63,74 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
     return main
   warmup = optax.linear_schedule(s.init_lr, s.lr, warmup_steps)
   return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def check_schedule(s: ml_collections.ConfigDict) -> None:
+  """Rejects a ``config.schedule`` that would train wrongly.
+
+  A negative learning rate climbs the loss instead of descending it and a
+  NaN destroys the weights; optax accepts both without a word. Each schedule
+  kind's own values are checked: rates finite and >= 0, lengths >= 0. A zero
+  rate is allowed (it is how a run keeps its weights and only updates
+  BatchNorm statistics), except a zero peak under a non-zero ``end_lr``,
+  which optax's warmup_cosine silently drops. Called when the config is
+  resolved (through ``configlib.check_duration``), before anything is
+  written to a workdir.
+  """
+  if s.name not in SCHEDULES:
+    raise ValueError(f"Unknown config.schedule.name {s.name!r}; known: "
+                     f"{', '.join(SCHEDULES)}.")
+
+  def check(key, value, *, positive=False, what="a learning rate",
+            example=1e-3):
+    if math.isfinite(value) and (value > 0 or (value == 0 and not positive)):
+      return
+    if math.isfinite(value) and value:
+      example = abs(value)  # Most likely a sign typed by mistake.
+    raise ValueError(
+        f"config.schedule.{key}={value} must be finite and "
+        f"{'> 0' if positive else '>= 0'} ({what} of the {s.name!r} "
+        f"schedule); pass e.g. --config.schedule.{key}={example}.")
+
+  # Lengths, in epochs or steps, of the warm-up and the decay.
+  for key in ("warmup_epochs", "warmup_steps", "decay_steps"):
+    check(key, s[key], what="a length", example=0)
+  if s.name == "piecewise_linear":
+    knots = [tuple(k) for k in s.knots]
+    if len(knots) < 2 or any(len(k) != 2 for k in knots):
+      raise ValueError(
+          "config.schedule.knots must be two or more (epoch, lr) pairs; got "
+          f"{s.knots}.")
+    epochs = [float(e) for e, _ in knots]
+    rates = [float(v) for _, v in knots]
+    if any(b < a for a, b in zip(epochs, epochs[1:])) or not all(
+        math.isfinite(e) and e >= 0 for e in epochs):
+      raise ValueError(
+          "config.schedule.knots must have finite, non-negative, "
+          f"non-decreasing epochs; got {s.knots}.")
+    if not all(math.isfinite(v) and v >= 0 for v in rates):
+      raise ValueError(
+          f"config.schedule.knots={s.knots}: every learning rate must be "
+          "finite and >= 0, e.g. knots=((0, 0.0), (2, 0.01), (10, 0.0)) in "
+          "the config file.")
+    return
+  check("lr", s.lr, what="the peak learning rate")
+  check("init_lr", s.init_lr, what="the learning rate the warm-up starts at")
+  if s.name == "warmup_cosine":
+    check("end_lr", s.end_lr, what="the final learning rate")
+    if s.end_lr and not s.lr:  # optax then decays to 0, not to end_lr.
+      raise ValueError(
+          f"config.schedule.lr=0.0 with end_lr={s.end_lr}: the "
+          "'warmup_cosine' schedule decays from its peak lr to end_lr, so "
+          "the peak must be > 0; pass e.g. --config.schedule.lr="
+          f"{10 * s.end_lr}, or --config.schedule.end_lr=0 to not train.")
+  if s.name == "exponential":
+    # A negative factor gives NaN rates (stepwise: a sign that flips every
+    # period); zero stops training after the first period.
+    check("decay_rate", s.decay_rate, positive=True,
+          what="the factor per decay period", example=0.1)
+    check("decay_every_epochs", s.decay_every_epochs, positive=True,
+          what="the decay period", example=30.0)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,

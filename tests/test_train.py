@@ -156,9 +156,10 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_its_checkpoints(tmp_path):
   config.num_epochs, config.batch_size = 2, 64  # 20 steps an epoch.
   config.log_every_steps = 50  # The guard also runs where nothing is logged.
   # Epoch 1 trains normally (and is saved as latest and best); update 21
-  # (epoch 1.05) has an infinite learning rate, so step 22's loss is NaN.
+  # (epoch 1.05) has a learning rate of 1e30 (finite: the config check
+  # refuses inf), which overflows the activations, so step 22's loss is NaN.
   config.schedule.name = "piecewise_linear"
-  config.schedule.knots = ((0.0, 1e-3), (1.02, 1e-3), (1.03, float("inf")))
+  config.schedule.knots = ((0.0, 1e-3), (1.02, 1e-3), (1.03, 1e30))
   with pytest.raises(periodic.NonFiniteLossError,
                      match=r"NaN or inf at step 22 \(checked steps 21-40\).*"
                      r"last checkpoint is step 20 \(best: 20\)"):

@@ -154,13 +154,28 @@ def read_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict]:
   return {k: _torch_to_numpy(v) for k, v in sd.items()}, info
 
 
+def _umask() -> int:
+  """The process's umask. os.umask only reads it by setting it, so it is set
+  straight back."""
+  mask = os.umask(0o022)
+  os.umask(mask)
+  return mask
+
+
 def atomic_write(path: str, write) -> None:
+  """``write(tmp)`` into a temporary file beside ``path``, then a rename.
+
+  The file gets the permissions of any file the user creates (0644 under
+  umask 022), not mkstemp's private 0600: a converted checkpoint is meant to
+  be read by others (a shared model directory, a serving account).
+  """
   directory = os.path.dirname(os.path.abspath(path))
   fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path),
                              dir=directory)
   os.close(fd)
   try:
     write(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
   except BaseException:
     if os.path.exists(tmp):

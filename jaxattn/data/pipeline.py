@@ -23,18 +23,31 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from jaxattn.data import augment
-from jaxattn.data.sources import DataSource
+from jaxattn.data.sources import DataSource, DatasetError
 
 # Arbitrary large prime: keeps per-epoch shuffle seeds of different data
 # seeds apart.
 _EPOCH_SEED_STRIDE = 1_000_003
+# The (source, split) that each dataset made here reads, for as_numpy to
+# name the files behind a decoding error: tf.data's own error names none.
+_READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_MAX_FILES_NAMED = 10
+
+
+def _reads(ds: tf.data.Dataset, source: DataSource, split: str
+           ) -> tf.data.Dataset:
+  """``ds``, remembered as reading ``split`` of ``source`` (see _READS)."""
+  _READS[ds] = (source, split)
+  return ds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -333,7 +346,8 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
     ds = ds.skip(offset * local_batch)
   if holds_features:  # Cached backbone outputs: nothing to preprocess.
     ds = ds.batch(local_batch, drop_remainder=True)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options()),
+                  source, config.train_split)
 
   size = tuple(config.image_size)
   if mixed_sizes:
@@ -387,7 +401,8 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
 
   ds = ds.enumerate(start=start_step)  # Batch b of the stream is step b.
   ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options()),
+                source, config.train_split)
 
 
 def num_eval_batches(num_examples: int, shard: ProcessShard) -> int:
@@ -424,9 +439,37 @@ def create_eval_dataset(source: DataSource, split: str,
        "label": tf.constant(0, tf.int64),
        "mask": tf.constant(0.0, tf.float32)}).repeat(pad_count)
   ds = ds.concatenate(padding).batch(shard.local_batch_size)
-  return ds.prefetch(tf.data.AUTOTUNE).with_options(_options()), num_batches
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  return _reads(ds, source, split), num_batches
 
 
 def as_numpy(ds: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
-  """Iterates a dataset as numpy dicts (the host side of the input)."""
-  return ds.as_numpy_iterator()
+  """Iterates a dataset as numpy dicts (the host side of the input).
+
+  When a file of a dataset made here cannot be decoded, the error names it
+  and the fix (``DataSource.undecodable``) instead of TensorFlow's message,
+  which names no file.
+  """
+  read = _READS.get(ds)
+  if read is None:
+    return ds.as_numpy_iterator()
+  return _naming_undecodable(ds.as_numpy_iterator(), *read)
+
+
+def _naming_undecodable(batches, source: DataSource, split: str):
+  try:
+    yield from batches
+  except tf.errors.InvalidArgumentError:
+    # The failing batch's files are not known here (shuffled, cached): find
+    # the bad ones among all of the split's, only now that one has failed.
+    logging.error("Reading %s (split %r) failed; looking for the files that "
+                  "cannot be decoded.", source.name, split)
+    problems = source.undecodable(split)
+    if not problems:
+      raise
+    named = problems[:_MAX_FILES_NAMED]
+    if len(problems) > len(named):
+      named.append(f"... and {len(problems) - len(named)} more.")
+    raise DatasetError(
+        f"{len(problems)} image file(s) of {source.name} (split {split!r}) "
+        "cannot be decoded:\n  " + "\n  ".join(named)) from None

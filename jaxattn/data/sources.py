@@ -93,6 +93,13 @@ class DataSource(abc.ABC):
     """Finishes an example read with ``decode=False``."""
     return example
 
+  def undecodable(self, split: str) -> list[str]:
+    """What cannot be decoded in ``split``: one line per bad example, naming
+    it and the fix. [] when all decode, or when the source cannot tell which
+    (the pipeline then reports TensorFlow's own error)."""
+    del split
+    return []
+
   def has_split(self, split: str) -> bool:
     try:
       self.num_examples(split)
@@ -236,6 +243,31 @@ def decode_like_pil(data: tf.Tensor, channels: int) -> tf.Tensor:
                                  expand_animations=False))
 
 
+def describe_image_problem(path: str, channels: int) -> str:
+  """Why TensorFlow cannot decode the file ``path`` to ``channels`` channels,
+  and what to do about it, as PIL sees the file.
+
+  Only for the error path (it opens the file in Python): TensorFlow's own
+  message names neither the file nor the cause.
+  """
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as image:
+      image.load()  # Decodes every byte: finds truncated files too.
+      kind, mode, bands = image.format, image.mode, len(image.getbands())
+  except (OSError, SyntaxError, ValueError) as e:  # What PIL raises on bad data.
+    return (f"{path}: not a readable image ({e}); remove it, or re-save it "
+            "as PNG or JPEG.")
+  target = "L" if channels == 1 else "RGB"
+  if kind == "JPEG" and mode == "CMYK":
+    return (f"{path}: a CMYK JPEG (4 channels), which TensorFlow cannot turn "
+            f"into the {channels}-channel images the model reads; convert it, "
+            f"e.g. PIL.Image.open(f).convert({target!r}).save(f).")
+  return (f"{path}: a {kind} image in mode {mode} ({bands} channel(s)) that "
+          f"TensorFlow cannot decode to {channels} channel(s); re-save it as a "
+          f"PNG or JPEG in mode {target}.")
+
+
 @dataclasses.dataclass
 class FolderSource(_IndexedSource):
   """Images in ``root/<split>/<class>/<file>``; class ids follow sorted names.
@@ -314,6 +346,21 @@ class FolderSource(_IndexedSource):
     return tf.ensure_shape(decode_like_pil(tf.io.read_file(item),
                                            self.channels),
                            [None, None, self.channels])
+
+  def undecodable(self, split):
+    # Decode every file of the split once more, in parallel in tf.data, each
+    # with its index; ignore_errors() drops the ones whose decoding fails,
+    # so the missing indices are the bad files. No Python per image.
+    paths = self.read(split, decode=False).map(lambda example: example["image"])
+    decoded = (paths.enumerate()
+               .map(lambda i, path: (i, tf.shape(self._decode(path))),
+                    num_parallel_calls=tf.data.AUTOTUNE)
+               .ignore_errors()
+               .map(lambda i, unused_shape: i))
+    good = set(decoded.as_numpy_iterator())
+    return [describe_image_problem(path.decode(), self.channels)
+            for i, path in enumerate(paths.as_numpy_iterator())
+            if i not in good]
 
 
 class MockSource(_IndexedSource):
