@@ -34,9 +34,13 @@ class CheckpointError(ValueError):
 
 
 def _manager(directory: str, keep: int, *, read_only: bool = False):
+  # cleanup_tmp_directories: a run killed mid-save leaves Orbax's temporary
+  # step directory behind; the workdir lock (workdir_lock.py) guarantees no
+  # other run is writing one, so the next run may remove it.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
-      enable_async_checkpointing=not read_only)
+      enable_async_checkpointing=not read_only,
+      cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "meta"))
 

@@ -7,6 +7,9 @@ from ``workdir`` when it already holds a run: same step, optimizer state,
 RNG and position in the data, so an interrupted run ends exactly where an
 uninterrupted one would. Rerunning a finished run does nothing more.
 
+One run at a time: the workdir is locked (``jaxattn.workdir_lock``) before
+anything in it is written.
+
 What is built (data, model, optimizer, mesh, compiled steps) comes from
 ``jaxattn.experiment.Experiment``; what happens between steps (logging,
 validation, checkpoints, the non-finite-loss guard) from ``jaxattn.periodic``.
@@ -25,7 +28,7 @@ from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from jaxattn import (checkpointing, distributed, experiment, feature_cache,
-                     parallel, periodic, plots)
+                     parallel, periodic, plots, workdir_lock)
 from jaxattn.data import pipeline
 
 RESULTS_FILE = "results.json"
@@ -37,17 +40,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains (or resumes) a run in `workdir`; returns its results."""
   workdir = os.path.abspath(workdir)
   _check_test_checkpoint(config)
-  exp = experiment.Experiment(config, workdir=workdir)
-  _check_same_run(workdir, exp.config)
-  checkpointing.save_config(workdir, exp.config)
-  writer = _create_writer(exp.config, workdir)
-  ckpt = checkpointing.RunCheckpoints(workdir,
-                                      keep=exp.config.keep_checkpoints)
-  try:
-    return _train(exp, ckpt, writer)
-  finally:  # Also on errors: pending saves complete, files are closed.
-    writer.close()
-    ckpt.close()
+  # Before anything in the workdir is written: one run at a time.
+  with workdir_lock.WorkdirLock(workdir):
+    exp = experiment.Experiment(config, workdir=workdir)
+    _check_same_run(workdir, exp.config)
+    checkpointing.save_config(workdir, exp.config)
+    writer = _create_writer(exp.config, workdir)
+    ckpt = checkpointing.RunCheckpoints(workdir,
+                                        keep=exp.config.keep_checkpoints)
+    try:
+      return _train(exp, ckpt, writer)
+    finally:  # Also on errors: pending saves complete, files are closed.
+      writer.close()
+      ckpt.close()
 
 
 def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
