@@ -8,7 +8,9 @@ RNG and position in the data, so an interrupted run ends exactly where an
 uninterrupted one would. Rerunning a finished run does nothing more.
 
 One run at a time: the workdir is locked (``jaxattn.workdir_lock``) before
-anything in it is written.
+anything in it is written, and a resume must use the config the workdir was
+started with (``check_same_run``; only ``RESUME_MAY_CHANGE``'s operational
+keys may differ).
 
 What is built (data, model, optimizer, mesh, compiled steps) comes from
 ``jaxattn.experiment.Experiment``; what happens between steps (logging,
@@ -27,12 +29,26 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from jaxattn import (checkpointing, distributed, experiment, feature_cache,
-                     parallel, periodic, plots, workdir_lock)
+from jaxattn import (checkpointing, configlib, distributed, experiment,
+                     feature_cache, parallel, periodic, plots, workdir_lock)
 from jaxattn.data import pipeline
 
 RESULTS_FILE = "results.json"
 TEST_CHECKPOINTS = ("best", "last")
+
+# The config keys a resume may change: they change neither the weights a run
+# trains nor the results it reports (which checkpoint is best, when it stops,
+# what is tested), only how it is logged, saved, laid out on the devices or
+# where its data is read from. Every other key, and every key of
+# config.model, config.optimizer, config.schedule, config.augment, ..., must
+# match the workdir's config.json.
+RESUME_MAY_CHANGE = (
+    "log_every_steps", "profile_steps", "wandb_project", "wandb_mode",
+    "checkpoint_every_steps", "keep_checkpoints",
+    "data_dir", "manual_dir", "download", "source_modules", "cache",
+    "eval_batch_size", "sharding_rules", "fsdp_min_size_mb",
+    "reference_curve")
+
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -43,8 +59,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   # Before anything in the workdir is written: one run at a time.
   with workdir_lock.WorkdirLock(workdir):
     exp = experiment.Experiment(config, workdir=workdir)
-    _check_same_run(workdir, exp.config)
-    checkpointing.save_config(workdir, exp.config)
+    check_same_run(workdir, exp.config)
     writer = _create_writer(exp.config, workdir)
     ckpt = checkpointing.RunCheckpoints(workdir,
                                         keep=exp.config.keep_checkpoints)
@@ -75,6 +90,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     logging.info("Training in %s is already complete (step %d).", workdir,
                  start_step)
     return _read_results(workdir)
+  # The resume check has passed (same config, a checkpoint that restores):
+  # only now is config.json (re)written.
+  checkpointing.save_config(workdir, config)
   num_params = exp.num_params()
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
@@ -233,23 +251,49 @@ def _read_results(workdir: str) -> dict[str, Any]:
   return {}
 
 
-def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """A workdir belongs to one model; resuming another would corrupt it."""
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume (or rerun) a workdir with a config of another meaning.
+
+  Every key of the resolved config is compared with the workdir's
+  config.json, except ``RESUME_MAY_CHANGE``. Nothing is written: config.json
+  is rewritten only once the resume has passed this and the restore.
+  """
   path = os.path.join(workdir, checkpointing.CONFIG_FILE)
   if not os.path.exists(path):
     return
-  saved = checkpointing.load_config(workdir)
-  for key in ("model", "num_classes", "image_size", "dataset"):
-    old, new = saved.get(key), config.get(key)
-    old = old.to_dict() if hasattr(old, "to_dict") else old
-    new = new.to_dict() if hasattr(new, "to_dict") else new
-    if key == "model":  # A model option added since: its default was used.
-      old, new = _with_defaults(old), _with_defaults(new)
-    if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True,
-                                                     default=list):
-      raise ValueError(
-          f"{workdir} holds a run with config.{key}={old!r}, but this run has "
-          f"{new!r}. Resume it with its own config, or use a new --workdir.")
+  saved = _flat(_json_ready(checkpointing.load_config(workdir).to_dict()))
+  new = _flat(_json_ready(config.to_dict()))
+  # A model option added since the run started: its default was used.
+  saved.update(_flat({"model": _with_defaults(
+      {k[len("model."):]: v for k, v in saved.items()
+       if k.startswith("model.")})}))
+  new.update(_flat({"model": _with_defaults(
+      {k[len("model."):]: v for k, v in new.items()
+       if k.startswith("model.")})}))
+  defaults = _flat(_json_ready(configlib.base_config().to_dict()))
+  differences = []
+  for key in sorted(set(saved) | set(new)):
+    if key.split(".")[0] in RESUME_MAY_CHANGE:
+      continue
+    # A key added to the trainer since the run started: it had its default.
+    old_value = saved.get(key, defaults.get(key))
+    new_value = new.get(key, defaults.get(key))
+    if json.dumps(old_value) != json.dumps(new_value):
+      differences.append(f"config.{key}: {old_value!r} in {path}, "
+                         f"{new_value!r} now")
+  if differences:
+    raise ValueError(
+        f"{workdir} holds a run with another config; resuming (or "
+        "rerunning) it with this one would change what it trains:\n  " +
+        "\n  ".join(differences) + "\nResume it with its own config (drop "
+        "those overrides; the saved one is config.json), or use a new "
+        "--workdir for a new run. Only these keys may change on a resume: "
+        f"{', '.join(RESUME_MAY_CHANGE)}.")
+
+
+def _json_ready(value: Any) -> Any:
+  """Tuples as lists, as config.json holds them."""
+  return json.loads(json.dumps(value, default=list))
 
 
 def _with_defaults(model: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,18 @@
-"""A run's lifecycle faults: two runs on one workdir. In-process, on
-quickstart's smoke model (2 epochs of 20 steps at batch 64)."""
+"""A run's lifecycle faults: two runs on one workdir, a resume with another
+config. In-process, on quickstart's smoke model (2 epochs of 20 steps at
+batch 64)."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 
 import pytest
 
-from jaxattn import configlib, train, workdir_lock
-from tests.conftest import REPO
+from jaxattn import checkpointing, configlib, train, workdir_lock
+from tests.conftest import REPO, once_per_process
 
 
 def _config(**overrides):
@@ -19,6 +22,27 @@ def _config(**overrides):
     section, _, field = key.rpartition("__")
     (config[section] if section else config)[field] = value
   return config
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+  """A finished run, uninterrupted; each test works on its own copy."""
+  def make():
+    workdir = tmp_path_factory.mktemp("finished") / "w"
+    train.train_and_evaluate(_config(), str(workdir))
+    return workdir
+  return once_per_process("run_faults/finished", make)
+
+
+@pytest.fixture
+def run_copy(finished_run, tmp_path):
+  workdir = tmp_path / "w"
+  shutil.copytree(finished_run, workdir)
+  return workdir
+
+
+def _results(workdir):
+  return json.loads((workdir / train.RESULTS_FILE).read_text())
 
 
 # --- 1. One run per workdir --------------------------------------------------
@@ -55,3 +79,26 @@ def test_the_lock_of_a_killed_run_is_taken_over(tmp_path):
   assert previous["pid"] == holder.pid
   assert workdir_lock.read_holder(lock.path)["pid"] == os.getpid()
   lock.release()
+
+
+# --- 2. The resume check comes before config.json is written -----------------
+def test_a_resume_that_changes_the_run_is_refused_and_config_json_kept(
+    run_copy):
+  saved = (run_copy / checkpointing.CONFIG_FILE).read_bytes()
+  with pytest.raises(ValueError, match=r"config.optimizer.name: 'adamw' in "
+                     r".*config.json, 'sgd' now"):
+    train.train_and_evaluate(_config(optimizer__name="sgd"), str(run_copy))
+  assert (run_copy / checkpointing.CONFIG_FILE).read_bytes() == saved
+  # A finished run rerun longer and with another learning rate: refused,
+  # naming both keys, not a silent no-op that keeps the new values.
+  with pytest.raises(ValueError) as error:
+    train.train_and_evaluate(_config(num_epochs=3, schedule__lr=0.01),
+                             str(run_copy))
+  assert "config.num_epochs: 2 in" in str(error.value)
+  assert "config.schedule.lr: 0.003 in" in str(error.value)
+  assert "use a new --workdir" in str(error.value)
+  assert (run_copy / checkpointing.CONFIG_FILE).read_bytes() == saved
+  # Operational keys may change: the finished run is simply complete.
+  results = train.train_and_evaluate(_config(log_every_steps=7),
+                                     str(run_copy))
+  assert results == _results(run_copy)
