@@ -5,7 +5,9 @@
 ``eval_every_epochs``, keeps the latest and the best checkpoints, and resumes
 from ``workdir`` when it already holds a run: same step, optimizer state,
 RNG and position in the data, so an interrupted run ends exactly where an
-uninterrupted one would. Rerunning a finished run does nothing more.
+uninterrupted one would. Rerunning a finished run does nothing more (but
+completes what an interrupted end left undone: the best checkpoint,
+results.json).
 
 One run at a time: the workdir is locked (``jaxattn.workdir_lock``) before
 anything in it is written, and a resume must use the config the workdir was
@@ -50,7 +52,6 @@ RESUME_MAY_CHANGE = (
     "reference_curve")
 
 
-
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> dict[str, Any]:
   """Trains (or resumes) a run in `workdir`; returns its results."""
@@ -80,20 +81,31 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                exp.steps_per_epoch, total_steps)
 
   # --- State: created directly in its sharded layout, or restored ----------
-  if ckpt.latest_step() is not None:
-    state, meta, start_step = exp.restore("latest", checkpoints=ckpt)
+  # The newest intact checkpoint: a damaged one is moved aside (kept).
+  restored = ckpt.restore_latest_intact(exp.abstract_state)
+  if restored is not None:
+    state, meta, start_step = restored
     record = periodic.RunRecord.from_meta(meta)
     logging.info("Resumed from %s at step %d.", ckpt.workdir, start_step)
+    # Killed between the latest and the best save: the record names the
+    # best step; re-save it before anything reads the best checkpoint.
+    ckpt.repair_best(exp.abstract_state, record.best_step)
   else:
     state, record, start_step = exp.init_state(), periodic.RunRecord(), 0
+  num_params = exp.num_params()
   if record.finished or start_step >= total_steps:
-    logging.info("Training in %s is already complete (step %d).", workdir,
-                 start_step)
-    return _read_results(workdir)
+    if os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+      logging.info("Training in %s is already complete (step %d).", workdir,
+                   start_step)
+      return _read_results(workdir)
+    # Killed after its final checkpoint but before results.json.
+    logging.warning("Training in %s is complete (step %d) but has no %s: "
+                    "running its final evaluation.", workdir, start_step,
+                    RESULTS_FILE)
+    return _finish(exp, ckpt, writer, record, state, start_step, num_params)
   # The resume check has passed (same config, a checkpoint that restores):
   # only now is config.json (re)written.
   checkpointing.save_config(workdir, config)
-  num_params = exp.num_params()
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
   if distributed.is_chief():
@@ -172,6 +184,16 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   ckpt.wait()
   if preempted:  # Not finished: no test evaluation and no results.json.
     return dict(preempted=True, final_step=step)
+  return _finish(exp, ckpt, writer, record, state, step, num_params)
+
+
+def _finish(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
+            writer, record: periodic.RunRecord, state, step: int,
+            num_params: int) -> dict[str, Any]:
+  """The final test evaluation, run report and results.json of a finished
+  run whose checkpoints are all saved (results.json comes last: its
+  presence says the run is complete)."""
+  config, workdir = exp.config, exp.workdir
   results = dict(final_step=step, best_step=record.best_step,
                  best_val=record.best_metric,
                  stopped_early=record.stopped_early, num_params=num_params,
@@ -192,9 +214,11 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   # as TensorBoard images. Every process takes part in the predictions.
   plots.write_run_report(exp, workdir, exp.eval_variables(state), writer,
                          test_step)
-  if distributed.is_chief():
-    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+  if distributed.is_chief():  # Whole or absent, even if killed meanwhile.
+    path = os.path.join(workdir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
   return results
 
 
@@ -202,7 +226,7 @@ def _test_state(exp, ckpt, record: periodic.RunRecord, state, step: int):
   """(state, its step) for the final test: the best checkpoint when
   config.test_checkpoint is "best" and there is one, else the last state."""
   if (exp.config.test_checkpoint == "best" and record.best_step is not None
-      and record.best_step != step):
+      and record.best_step != step and ckpt.best_step() == record.best_step):
     best_state, _, best_step = exp.restore("best", checkpoints=ckpt)
     return best_state, best_step
   return state, step

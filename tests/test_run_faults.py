@@ -1,6 +1,6 @@
 """A run's lifecycle faults: two runs on one workdir, a resume with another
-config. In-process, on quickstart's smoke model (2 epochs of 20 steps at
-batch 64)."""
+config, a kill between the final saves, a damaged checkpoint. In-process, on
+quickstart's smoke model (2 epochs of 20 steps at batch 64)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from jaxattn import checkpointing, configlib, train, workdir_lock
+from jaxattn import checkpointing, configlib, evaluate, train, workdir_lock
 from tests.conftest import REPO, once_per_process
 
 
@@ -102,3 +102,52 @@ def test_a_resume_that_changes_the_run_is_refused_and_config_json_kept(
   results = train.train_and_evaluate(_config(log_every_steps=7),
                                      str(run_copy))
   assert results == _results(run_copy)
+
+
+# --- 3. A kill between the final latest and best saves -----------------------
+def test_a_run_killed_between_its_final_saves_is_completed(run_copy,
+                                                           finished_run):
+  expected = _results(finished_run)
+  assert expected["best_step"] == 40, "the fixture's best must be its last"
+  # What a kill -9 after the final latest save leaves: the best checkpoint
+  # still at epoch 1 (the record names step 40), no results.json.
+  shutil.rmtree(run_copy / checkpointing.BEST_DIR / "40")
+  shutil.copytree(run_copy / checkpointing.LATEST_DIR / "20",
+                  run_copy / checkpointing.BEST_DIR / "20")
+  (run_copy / train.RESULTS_FILE).unlink()
+
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r"best checkpoint .* is step 20, but the run "
+                     r"record .* names step 40.*Rerun the training command"):
+    evaluate.evaluate_checkpoint(str(run_copy), checkpoint="best")
+  results = train.train_and_evaluate(_config(), str(run_copy))
+  assert os.listdir(run_copy / checkpointing.BEST_DIR) == ["40"]
+  assert results["test_checkpoint"] == {"step": 40, "which": "best"}
+  assert results["test"] == expected["test"]
+  assert _results(run_copy) == results
+  assert evaluate.evaluate_checkpoint(str(run_copy))["step"] == 40
+
+
+# --- 6. A damaged latest checkpoint ------------------------------------------
+def test_a_damaged_latest_checkpoint_is_moved_aside(run_copy, finished_run):
+  data = run_copy / checkpointing.LATEST_DIR / "40" / "state"
+  biggest = max((p for p in data.rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  biggest.write_bytes(biggest.read_bytes()[:100])  # Truncated.
+  results = train.train_and_evaluate(_config(), str(run_copy))
+  entries = os.listdir(run_copy / checkpointing.LATEST_DIR)
+  [damaged] = [e for e in entries if e.startswith("40.damaged-")]
+  assert (run_copy / checkpointing.LATEST_DIR / damaged / "state").is_dir()
+  assert sorted(e for e in entries if e.isdigit()) == ["20", "40"]
+  # Resumed from step 20; the best step 40 (kept) did not stop the save.
+  assert os.listdir(run_copy / checkpointing.BEST_DIR) == ["40"]
+  assert results["test"] == _results(finished_run)["test"]
+
+
+def test_a_checkpoint_missing_a_file_is_called_damaged(run_copy):
+  (run_copy / checkpointing.LATEST_DIR / "40" / "state" / "_METADATA").unlink()
+  with pytest.raises(checkpointing.DamagedCheckpointError,
+                     match=r"step 40 .* is incomplete or damaged: .*"
+                     r"40/state/_METADATA is missing") as error:
+    evaluate.evaluate_checkpoint(str(run_copy), checkpoint="latest")
+  assert "different config" not in str(error.value)
