@@ -21,15 +21,21 @@ What can still go wrong, and what happens then:
 * a damaged checkpoint (a truncated or missing file): restoring says which
   file, and the trainer moves the step aside (``<step>.damaged-<time>``,
   never deleted) and resumes from the newest intact one
-  (``restore_latest_intact``).
+  (``restore_latest_intact``);
+* a full disk: each save first compares the checkpoint's size with the free
+  space, and an ENOSPC from Orbax's writers becomes one ``NoSpaceError``
+  line naming the directory and the space needed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import errno
 import json
 import os
 import re
+import shutil
 from typing import Any
 
 import jax
@@ -68,6 +74,17 @@ class DamagedCheckpointError(CheckpointError):
   def __init__(self, message: str, step_dir: str):
     super().__init__(message)
     self.step_dir = step_dir
+
+
+class NoSpaceError(OSError):
+  """Not enough disk space for a checkpoint; one line names where and how
+  much."""
+
+  def __init__(self, message: str):
+    super().__init__(errno.ENOSPC, message)
+
+  def __str__(self) -> str:
+    return self.strerror
 
 
 def _manager(directory: str, keep: int, *, read_only: bool = False):
@@ -143,12 +160,51 @@ class RunCheckpoints:
       else:
         managers.append(self._best)
     state = _drop_empty(state)
+    self._check_free_space(step, state, copies=len(managers))
     for manager in managers:
       # force=True: the trainer decides when to save; Orbax's own interval
       # policy must not skip any of them.
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                   force=True)
+      with self._no_space_as_one_line(step):
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                     force=True)
+
+  def _check_free_space(self, step: int, state: Any, copies: int) -> None:
+    """Refuses a save the disk cannot hold, before Orbax's writer threads
+    fail one by one with ENOSPC. The estimate is the arrays' bytes (each
+    saved once, however sharded) plus a tenth and 1 MiB for metadata."""
+    needed = copies * (sum(x.nbytes for x in jax.tree.leaves(state)
+                           if hasattr(x, "nbytes")) * 1.1 + 2**20)
+    free = shutil.disk_usage(self.workdir).free
+    if free < needed:
+      raise NoSpaceError(self._no_space_message(step, needed, free))
+
+  def _no_space_message(self, step: int, needed: float | None,
+                        free: float | None = None) -> str:
+    free = shutil.disk_usage(self.workdir).free if free is None else free
+    size = f"it needs about {_mb(needed)}, " if needed else ""
+    latest = self.latest_step()
+    resume = (f"it resumes from step {latest}" if latest is not None
+              else "it starts over")
+    return (f"No space left on the device of {self.workdir} for the "
+            f"checkpoint of step {step}: {size}{_mb(free)} free. Free some "
+            "space (or rerun with another --workdir) and rerun the same "
+            f"command: {resume}.")
+
+  @contextlib.contextmanager
+  def _no_space_as_one_line(self, step: int | None):
+    """An ENOSPC anywhere in an Orbax error (its async writers re-raise
+    them wrapped, after logging each) becomes one NoSpaceError line."""
+    try:
+      yield
+    except NoSpaceError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if not _is_no_space(e):
+        raise
+      raise NoSpaceError(self._no_space_message(
+          step if step is not None else self.latest_step(),
+          needed=None)) from None
 
   def resolve(self, which: str | int | None, *,
               best_or_latest: bool = False) -> tuple[str, int]:
@@ -332,12 +388,35 @@ class RunCheckpoints:
                     "(kept, not deleted). %s", step_dir, target, failure)
 
   def wait(self) -> None:
-    self._latest.wait_until_finished()
-    self._best.wait_until_finished()
+    with self._no_space_as_one_line(None):
+      self._latest.wait_until_finished()
+      self._best.wait_until_finished()
 
   def close(self) -> None:
-    self._latest.close()
-    self._best.close()
+    with self._no_space_as_one_line(None):
+      self._latest.close()
+      self._best.close()
+
+
+def _mb(num_bytes: float) -> str:
+  return f"{num_bytes / 2**20:,.1f} MiB"
+
+
+def _is_no_space(error: BaseException) -> bool:
+  """Whether an ENOSPC is anywhere in an exception's chain or group."""
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+      return True
+    if "No space left on device" in str(e):
+      return True
+    todo.extend([e.__cause__, e.__context__,
+                 *getattr(e, "exceptions", ())])
+  return False
 
 
 def _find_damage(step_dir: str) -> str:

@@ -1,7 +1,9 @@
 """A run's lifecycle faults: two runs on one workdir, a resume with another
-config, a kill between the final saves, a damaged checkpoint. In-process, on
-quickstart's smoke model (2 epochs of 20 steps at batch 64)."""
+config, a kill between the final saves, a damaged checkpoint, a full disk.
+In-process, on quickstart's smoke model (2 epochs of 20 steps at batch
+64)."""
 
+import errno
 import json
 import os
 import shutil
@@ -151,3 +153,32 @@ def test_a_checkpoint_missing_a_file_is_called_damaged(run_copy):
                      r"40/state/_METADATA is missing") as error:
     evaluate.evaluate_checkpoint(str(run_copy), checkpoint="latest")
   assert "different config" not in str(error.value)
+
+
+# --- 7. A full disk ----------------------------------------------------------
+def test_a_full_disk_is_one_clear_error(tmp_path, monkeypatch):
+  config = _config(num_epochs=0, num_steps=2)
+  usage = shutil.disk_usage(tmp_path)
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.shutil, "disk_usage",
+                  lambda path: usage._replace(free=2**19))
+    with pytest.raises(checkpointing.NoSpaceError,
+                       match=rf"No space left on the device of {tmp_path}/a "
+                       r"for the checkpoint of step 2: it needs about "
+                       r"[\d.]+ MiB, 0.5 MiB free.*rerun the same command"
+                       ) as error:
+      train.train_and_evaluate(config, str(tmp_path / "a"))
+  assert "\n" not in str(error.value)
+  assert error.value.errno == errno.ENOSPC
+
+  # The disk fills up while Orbax writes: its ENOSPC, however wrapped,
+  # becomes the same one line.
+  def no_space(*args, **kwargs):
+    raise RuntimeError("save failed") from OSError(
+        errno.ENOSPC, "No space left on device")
+  with monkeypatch.context() as patch:
+    patch.setattr(checkpointing.ocp.CheckpointManager, "save", no_space)
+    with pytest.raises(checkpointing.NoSpaceError,
+                       match=rf"device of {tmp_path}/b for the checkpoint of "
+                       r"step 2: .* MiB free"):
+      train.train_and_evaluate(config, str(tmp_path / "b"))
