@@ -72,9 +72,10 @@ def _merge(total, new):
 class NonFiniteGuard:
   """Stops the run at the first non-finite loss, before it is saved."""
 
-  def __init__(self, checkpoints):
+  def __init__(self, checkpoints, config=None, start_step: int = 0):
     self._checkpoints = checkpoints
-    self._checked_step = 0
+    self._config = config
+    self._checked_step = start_step  # A resumed run checks from here on.
 
   def check(self, metrics, step: int) -> None:
     """``metrics``: the train metrics merged since the last check."""
@@ -91,10 +92,19 @@ class NonFiniteGuard:
       raise NonFiniteLossError(
           f"The train loss became NaN or inf at step {bad_step} (checked "
           f"steps {self._checked_step + 1}-{step}); training stopped without "
-          f"saving. {resume} Lower the learning rate (config.schedule.lr), "
-          "clip gradients (--config.grad_clip_norm=1.0) or train in "
-          "--config.compute_dtype=float32.")
+          f"saving. {resume} {self._advice()}")
     self._checked_step = step
+
+  def _advice(self) -> str:
+    """The remedies the config does not already use."""
+    remedies = ["lower the learning rate (config.schedule.lr)"]
+    config = self._config
+    if config is None or not config.get("grad_clip_norm", 0.0):
+      remedies.append("clip gradients (--config.grad_clip_norm=1.0)")
+    if config is None or config.get("compute_dtype", "float32") != "float32":
+      remedies.append("train in float32 (--config.compute_dtype=float32)")
+    text = ", ".join(remedies[:-1]) + (" or " if len(remedies) > 1 else "")
+    return (text + remedies[-1]).capitalize() + "."
 
 
 class TrainLog:

@@ -123,7 +123,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
   profile = _profiler(config, workdir)
-  guard = periodic.NonFiniteGuard(ckpt)
+  guard = periodic.NonFiniteGuard(ckpt, config, start_step)
   train_log = periodic.TrainLog(exp, writer, start_step)
   epoch_log = periodic.EpochLog(exp, writer, start_step)
   validation = periodic.Validation(exp, writer, record, report_progress)

@@ -183,6 +183,14 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_its_checkpoints(tmp_path):
   for directory in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
     assert os.listdir(tmp_path / directory) == ["20"]
   assert not (tmp_path / train.RESULTS_FILE).exists()
+  # Rerun: it resumes at step 20, so it checked steps 21-40 (not 1-40), and
+  # it advises only what the config does not already do (quickstart clips
+  # gradients and trains in float32).
+  with pytest.raises(periodic.NonFiniteLossError,
+                     match=r"checked steps 21-40\).*Lower the learning "
+                     r"rate \(config.schedule.lr\)\.$") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "clip" not in str(error.value) and "float32" not in str(error.value)
 
 
 def _good_then_ruined_config():
