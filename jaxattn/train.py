@@ -125,7 +125,8 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   profile = _profiler(config, workdir)
   guard = periodic.NonFiniteGuard(ckpt, config, start_step)
   train_log = periodic.TrainLog(exp, writer, start_step)
-  epoch_log = periodic.EpochLog(exp, writer, start_step)
+  epoch_log = periodic.EpochLog(exp, writer, start_step,
+                                partial_epoch=record.partial_epoch)
   validation = periodic.Validation(exp, writer, record, report_progress)
   saving = periodic.Checkpointing(exp, ckpt, record)
   preemption = distributed.PreemptionWatch()
@@ -166,6 +167,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                   finished=finished, preempted=preempted):
       record.epoch, record.finished = epoch, finished
       record.stopped_early = stop_early
+      # Mid-epoch: the epoch's train metrics so far, for a resume.
+      record.partial_epoch = (None if end_of_epoch else
+                              epoch_log.partial(step))
       saving(step, state, best=is_best)
     if preempted:
       logging.warning("Preempted: saved step %d of %d in %s; rerun the same "

@@ -1,7 +1,7 @@
 """A run's lifecycle faults: two runs on one workdir, a resume with another
-config, a kill between the final saves, a damaged checkpoint, a full disk.
-In-process, on quickstart's smoke model (2 epochs of 20 steps at batch
-64)."""
+config, a kill between the final saves, a preemption mid-epoch, a damaged
+checkpoint, a full disk. In-process, on quickstart's smoke model (2 epochs of
+20 steps at batch 64)."""
 
 import errno
 import json
@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from jaxattn import checkpointing, configlib, evaluate, train, workdir_lock
+from jaxattn import (checkpointing, configlib, evaluate, periodic, train,
+                     workdir_lock)
 from tests.conftest import REPO, once_per_process
 
 
@@ -128,6 +129,39 @@ def test_a_run_killed_between_its_final_saves_is_completed(run_copy,
   assert results["test"] == expected["test"]
   assert _results(run_copy) == results
   assert evaluate.evaluate_checkpoint(str(run_copy))["step"] == 40
+
+
+# --- 5. The resumed epoch's metrics.csv row covers the whole epoch -----------
+class _PreemptedAt:
+  """distributed.PreemptionWatch as if SIGTERM arrived during `step`."""
+
+  def __init__(self, step):
+    self._step = step
+
+  def __call__(self):
+    return self
+
+  def should_stop(self, step):
+    return step >= self._step
+
+  def close(self):
+    pass
+
+
+def test_a_preempted_epoch_keeps_its_train_metrics(tmp_path, finished_run,
+                                                   monkeypatch):
+  workdir = tmp_path / "w"
+  with monkeypatch.context() as patch:
+    patch.setattr(train.distributed, "PreemptionWatch", _PreemptedAt(30))
+    assert train.train_and_evaluate(_config(), str(workdir)) == dict(
+        preempted=True, final_step=30)
+  results = train.train_and_evaluate(_config(), str(workdir))
+  straight = periodic.read_metrics_csv(str(finished_run))
+  resumed = periodic.read_metrics_csv(str(workdir))
+  assert [r["step"] for r in resumed] == [20, 40]
+  for key in ("train_loss", "train_accuracy", "learning_rate", "val_loss"):
+    assert resumed[1][key] == pytest.approx(straight[1][key], rel=1e-6), key
+  assert results["test"] == _results(finished_run)["test"]
 
 
 # --- 6. A damaged latest checkpoint ------------------------------------------
