@@ -16,7 +16,8 @@ whether it is due and runs it:
 * ``Checkpointing``: when to save the latest (and the best) checkpoint.
 
 ``RunRecord`` is what a checkpoint's ``meta`` holds, so a resumed run
-continues the same best-metric and early-stopping bookkeeping.
+continues the same best-metric and early-stopping bookkeeping, and the same
+epoch's train means.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ import pathlib
 import time
 from typing import Any
 
+import flax
 import jax
+import numpy as np
 from absl import logging
 
 METRICS_FILE = "metrics.csv"
@@ -55,6 +58,10 @@ class RunRecord:
   finished: bool = False
   stopped_early: bool = False
   history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+  # Saved mid-epoch (preemption, checkpoint_every_steps): the epoch's train
+  # metrics so far, so that the resumed run's metrics.csv row still covers
+  # the whole epoch. EpochLog.partial() writes it; None at an epoch's end.
+  partial_epoch: dict[str, Any] | None = None
 
   @classmethod
   def from_meta(cls, meta: dict[str, Any]) -> "RunRecord":
@@ -72,9 +79,10 @@ def _merge(total, new):
 class NonFiniteGuard:
   """Stops the run at the first non-finite loss, before it is saved."""
 
-  def __init__(self, checkpoints):
+  def __init__(self, checkpoints, config=None, start_step: int = 0):
     self._checkpoints = checkpoints
-    self._checked_step = 0
+    self._config = config
+    self._checked_step = start_step  # A resumed run checks from here on.
 
   def check(self, metrics, step: int) -> None:
     """``metrics``: the train metrics merged since the last check."""
@@ -91,10 +99,19 @@ class NonFiniteGuard:
       raise NonFiniteLossError(
           f"The train loss became NaN or inf at step {bad_step} (checked "
           f"steps {self._checked_step + 1}-{step}); training stopped without "
-          f"saving. {resume} Lower the learning rate (config.schedule.lr), "
-          "clip gradients (--config.grad_clip_norm=1.0) or train in "
-          "--config.compute_dtype=float32.")
+          f"saving. {resume} {self._advice()}")
     self._checked_step = step
+
+  def _advice(self) -> str:
+    """The remedies the config does not already use."""
+    remedies = ["lower the learning rate (config.schedule.lr)"]
+    config = self._config
+    if config is None or not config.get("grad_clip_norm", 0.0):
+      remedies.append("clip gradients (--config.grad_clip_norm=1.0)")
+    if config is None or config.get("compute_dtype", "float32") != "float32":
+      remedies.append("train in float32 (--config.compute_dtype=float32)")
+    text = ", ".join(remedies[:-1]) + (" or " if len(remedies) > 1 else "")
+    return (text + remedies[-1]).capitalize() + "."
 
 
 class TrainLog:
@@ -159,30 +176,62 @@ class EpochLog:
   and accuracy (empty in epochs without validation), the learning rate of
   its last step (what the seeds log at the end of an epoch) and its seconds.
   A resumed run first drops the rows after its checkpoint, so the file
-  describes one run; the train means of the epoch it resumed in cover the
-  steps after the checkpoint only. Process 0 writes it.
+  describes one run. A checkpoint saved mid-epoch carries the epoch's train
+  metrics and seconds so far (``partial()`` -> ``RunRecord.partial_epoch``),
+  and the resumed run merges them in, so the row of the epoch it resumed in
+  covers the whole epoch. Process 0 writes it.
   """
 
-  def __init__(self, exp, writer, start_step: int):
+  def __init__(self, exp, writer, start_step: int,
+               partial_epoch: dict[str, Any] | None = None):
     self._batch, self._writer = exp.config.batch_size, writer
     self._path = (pathlib.Path(exp.workdir) / METRICS_FILE
                   if exp.workdir and jax.process_index() == 0 else None)
     self._drop_rows_after(start_step)
     self._steps, self._seconds = [], 0.0
     self.restart(start_step)
+    # The interrupted epoch's metrics, as saved; turned back into a metrics
+    # object (shaped like the step metrics) at the first step.
+    self._carried = None
+    if partial_epoch and partial_epoch.get("step") == start_step:
+      self._carried = partial_epoch
+      self._earlier_seconds = float(partial_epoch.get("seconds", 0.0))
+      self._start_step = int(partial_epoch.get("epoch_start_step",
+                                               start_step))
 
   def restart(self, step: int) -> None:
     self._start, self._start_step = time.time(), step
+    self._earlier_seconds = 0.0  # Training seconds before a resume.
 
   def add(self, step_metrics) -> None:
+    if self._carried is not None:
+      self._steps.append(_metrics_from_state(step_metrics,
+                                             self._carried["metrics"]))
+      self._carried = None
     # Kept, not merged: merging on the device every step would put one more
     # multi-device computation in flight per step beside the train step's
     # all-reduce; the epoch's are merged once, after the loop has synced.
     self._steps.append(step_metrics)
 
+  def partial(self, step: int) -> dict[str, Any] | None:
+    """The epoch so far, for a checkpoint saved before its end (JSON)."""
+    if not self._steps:
+      return None
+    merged = self._merged()
+    self._steps = [merged]  # Merged once; the next save starts from it.
+    return dict(step=step, epoch_start_step=self._start_step,
+                seconds=self._earlier_seconds + time.time() - self._start,
+                metrics=_metrics_to_state(merged))
+
+  def _merged(self):
+    merged = None
+    for step_metrics in self._steps:
+      merged = _merge(merged, step_metrics)
+    return merged
+
   def end_training(self, step: int, epoch: int) -> None:
     """At the epoch's last step, before validation: its training time."""
-    self._seconds = time.time() - self._start
+    self._seconds = self._earlier_seconds + time.time() - self._start
     images_per_second = (step - self._start_step) * self._batch / self._seconds
     self._writer.write_scalars(step, {"epoch_seconds": self._seconds,
                                       "images_per_second": images_per_second})
@@ -192,9 +241,7 @@ class EpochLog:
   def write_row(self, step: int, epoch: int,
                 val: dict[str, float] | None) -> None:
     """After validation (``val``: its metrics, or None): the CSV row."""
-    merged = None
-    for step_metrics in self._steps:
-      merged = _merge(merged, step_metrics)
+    merged = self._merged()
     self._steps = []
     train = ({k: float(v) for k, v in merged.compute().items()}
              if merged is not None else {})
@@ -225,6 +272,20 @@ class EpochLog:
     tmp = self._path.with_name(self._path.name + ".tmp")
     tmp.write_text(text.getvalue())
     os.replace(tmp, self._path)
+
+
+def _metrics_to_state(metrics) -> dict[str, Any]:
+  """A metrics collection's sums and counts as JSON-ready nested lists."""
+  return jax.tree.map(lambda x: np.asarray(x).tolist(),
+                      flax.serialization.to_state_dict(metrics))
+
+
+def _metrics_from_state(like, state: dict[str, Any]):
+  """The collection ``_metrics_to_state`` saved, with ``like``'s types."""
+  template = flax.serialization.to_state_dict(like)
+  values = jax.tree.map(lambda t, v: np.asarray(v, dtype=np.asarray(t).dtype),
+                        template, state)
+  return flax.serialization.from_state_dict(like, values)
 
 
 def read_metrics_csv(workdir: str) -> list[dict[str, Any]]:

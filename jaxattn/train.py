@@ -5,7 +5,14 @@
 ``eval_every_epochs``, keeps the latest and the best checkpoints, and resumes
 from ``workdir`` when it already holds a run: same step, optimizer state,
 RNG and position in the data, so an interrupted run ends exactly where an
-uninterrupted one would. Rerunning a finished run does nothing more.
+uninterrupted one would. Rerunning a finished run does nothing more (but
+completes what an interrupted end left undone: the best checkpoint,
+results.json).
+
+One run at a time: the workdir is locked (``jaxattn.workdir_lock``) before
+anything in it is written, and a resume must use the config the workdir was
+started with (``check_same_run``; only ``RESUME_MAY_CHANGE``'s operational
+keys may differ).
 
 What is built (data, model, optimizer, mesh, compiled steps) comes from
 ``jaxattn.experiment.Experiment``; what happens between steps (logging,
@@ -24,12 +31,25 @@ import ml_collections
 from absl import logging
 from clu import metric_writers, parameter_overview, periodic_actions
 
-from jaxattn import (checkpointing, distributed, experiment, feature_cache,
-                     parallel, periodic, plots)
+from jaxattn import (checkpointing, configlib, distributed, experiment,
+                     feature_cache, parallel, periodic, plots, workdir_lock)
 from jaxattn.data import pipeline
 
 RESULTS_FILE = "results.json"
 TEST_CHECKPOINTS = ("best", "last")
+
+# The config keys a resume may change: they change neither the weights a run
+# trains nor the results it reports (which checkpoint is best, when it stops,
+# what is tested), only how it is logged, saved, laid out on the devices or
+# where its data is read from. Every other key, and every key of
+# config.model, config.optimizer, config.schedule, config.augment, ..., must
+# match the workdir's config.json.
+RESUME_MAY_CHANGE = (
+    "log_every_steps", "profile_steps", "wandb_project", "wandb_mode",
+    "checkpoint_every_steps", "keep_checkpoints",
+    "data_dir", "manual_dir", "download", "source_modules", "cache",
+    "eval_batch_size", "sharding_rules", "fsdp_min_size_mb",
+    "reference_curve")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -37,19 +57,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """Trains (or resumes) a run in `workdir`; returns its results."""
   workdir = os.path.abspath(workdir)
   _check_test_checkpoint(config)
-  # On a CPU host the mesh spans the device count measured fastest for this
-  # model (probed once per model and host; jaxattn/cpu_layout.py).
-  exp = experiment.Experiment(config, workdir=workdir, probe_layout=True)
-  _check_same_run(workdir, exp.config)
-  checkpointing.save_config(workdir, exp.config)
-  writer = _create_writer(exp.config, workdir)
-  ckpt = checkpointing.RunCheckpoints(workdir,
-                                      keep=exp.config.keep_checkpoints)
-  try:
-    return _train(exp, ckpt, writer)
-  finally:  # Also on errors: pending saves complete, files are closed.
-    writer.close()
-    ckpt.close()
+  # Before anything in the workdir is written: one run at a time.
+  with workdir_lock.WorkdirLock(workdir):
+    # On a CPU host the mesh spans the device count measured fastest for
+    # this model (probed once per model and host; jaxattn/cpu_layout.py).
+    exp = experiment.Experiment(config, workdir=workdir, probe_layout=True)
+    check_same_run(workdir, exp.config)
+    writer = _create_writer(exp.config, workdir)
+    ckpt = checkpointing.RunCheckpoints(workdir,
+                                        keep=exp.config.keep_checkpoints)
+    try:
+      return _train(exp, ckpt, writer)
+    finally:  # Also on errors: pending saves complete, files are closed.
+      writer.close()
+      ckpt.close()
 
 
 def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
@@ -62,17 +83,31 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                exp.steps_per_epoch, total_steps)
 
   # --- State: created directly in its sharded layout, or restored ----------
-  if ckpt.latest_step() is not None:
-    state, meta, start_step = exp.restore("latest", checkpoints=ckpt)
+  # The newest intact checkpoint: a damaged one is moved aside (kept).
+  restored = ckpt.restore_latest_intact(exp.abstract_state)
+  if restored is not None:
+    state, meta, start_step = restored
     record = periodic.RunRecord.from_meta(meta)
     logging.info("Resumed from %s at step %d.", ckpt.workdir, start_step)
+    # Killed between the latest and the best save: the record names the
+    # best step; re-save it before anything reads the best checkpoint.
+    ckpt.repair_best(exp.abstract_state, record.best_step)
   else:
     state, record, start_step = exp.init_state(), periodic.RunRecord(), 0
-  if record.finished or start_step >= total_steps:
-    logging.info("Training in %s is already complete (step %d).", workdir,
-                 start_step)
-    return _read_results(workdir)
   num_params = exp.num_params()
+  if record.finished or start_step >= total_steps:
+    if os.path.exists(os.path.join(workdir, RESULTS_FILE)):
+      logging.info("Training in %s is already complete (step %d).", workdir,
+                   start_step)
+      return _read_results(workdir)
+    # Killed after its final checkpoint but before results.json.
+    logging.warning("Training in %s is complete (step %d) but has no %s: "
+                    "running its final evaluation.", workdir, start_step,
+                    RESULTS_FILE)
+    return _finish(exp, ckpt, writer, record, state, start_step, num_params)
+  # The resume check has passed (same config, a checkpoint that restores):
+  # only now is config.json (re)written.
+  checkpointing.save_config(workdir, config)
   logging.info("Model %s: %s parameters.", config.model.name,
                f"{num_params:,}")
   if distributed.is_chief():
@@ -90,9 +125,10 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
       num_train_steps=total_steps, writer=writer,
       every_steps=config.log_every_steps, every_secs=None)
   profile = _profiler(config, workdir)
-  guard = periodic.NonFiniteGuard(ckpt)
+  guard = periodic.NonFiniteGuard(ckpt, config, start_step)
   train_log = periodic.TrainLog(exp, writer, start_step)
-  epoch_log = periodic.EpochLog(exp, writer, start_step)
+  epoch_log = periodic.EpochLog(exp, writer, start_step,
+                                partial_epoch=record.partial_epoch)
   validation = periodic.Validation(exp, writer, record, report_progress)
   saving = periodic.Checkpointing(exp, ckpt, record)
   preemption = distributed.PreemptionWatch()
@@ -133,6 +169,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
                   finished=finished, preempted=preempted):
       record.epoch, record.finished = epoch, finished
       record.stopped_early = stop_early
+      # Mid-epoch: the epoch's train metrics so far, for a resume.
+      record.partial_epoch = (None if end_of_epoch else
+                              epoch_log.partial(step))
       saving(step, state, best=is_best)
     if preempted:
       logging.warning("Preempted: saved step %d of %d in %s; rerun the same "
@@ -151,6 +190,16 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   ckpt.wait()
   if preempted:  # Not finished: no test evaluation and no results.json.
     return dict(preempted=True, final_step=step)
+  return _finish(exp, ckpt, writer, record, state, step, num_params)
+
+
+def _finish(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
+            writer, record: periodic.RunRecord, state, step: int,
+            num_params: int) -> dict[str, Any]:
+  """The final test evaluation, run report and results.json of a finished
+  run whose checkpoints are all saved (results.json comes last: its
+  presence says the run is complete)."""
+  config, workdir = exp.config, exp.workdir
   results = dict(final_step=step, best_step=record.best_step,
                  best_val=record.best_metric,
                  stopped_early=record.stopped_early, num_params=num_params,
@@ -171,9 +220,11 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   # as TensorBoard images. Every process takes part in the predictions.
   plots.write_run_report(exp, workdir, exp.eval_variables(state), writer,
                          test_step)
-  if distributed.is_chief():
-    with open(os.path.join(workdir, RESULTS_FILE), "w") as f:
+  if distributed.is_chief():  # Whole or absent, even if killed meanwhile.
+    path = os.path.join(workdir, RESULTS_FILE)
+    with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=2)
+    os.replace(path + ".tmp", path)
   return results
 
 
@@ -181,7 +232,7 @@ def _test_state(exp, ckpt, record: periodic.RunRecord, state, step: int):
   """(state, its step) for the final test: the best checkpoint when
   config.test_checkpoint is "best" and there is one, else the last state."""
   if (exp.config.test_checkpoint == "best" and record.best_step is not None
-      and record.best_step != step):
+      and record.best_step != step and ckpt.best_step() == record.best_step):
     best_state, _, best_step = exp.restore("best", checkpoints=ckpt)
     return best_state, best_step
   return state, step
@@ -230,23 +281,49 @@ def _read_results(workdir: str) -> dict[str, Any]:
   return {}
 
 
-def _check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
-  """A workdir belongs to one model; resuming another would corrupt it."""
+def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """Refuses to resume (or rerun) a workdir with a config of another meaning.
+
+  Every key of the resolved config is compared with the workdir's
+  config.json, except ``RESUME_MAY_CHANGE``. Nothing is written: config.json
+  is rewritten only once the resume has passed this and the restore.
+  """
   path = os.path.join(workdir, checkpointing.CONFIG_FILE)
   if not os.path.exists(path):
     return
-  saved = checkpointing.load_config(workdir)
-  for key in ("model", "num_classes", "image_size", "dataset"):
-    old, new = saved.get(key), config.get(key)
-    old = old.to_dict() if hasattr(old, "to_dict") else old
-    new = new.to_dict() if hasattr(new, "to_dict") else new
-    if key == "model":  # A model option added since: its default was used.
-      old, new = _with_defaults(old), _with_defaults(new)
-    if json.dumps(old, sort_keys=True) != json.dumps(new, sort_keys=True,
-                                                     default=list):
-      raise ValueError(
-          f"{workdir} holds a run with config.{key}={old!r}, but this run has "
-          f"{new!r}. Resume it with its own config, or use a new --workdir.")
+  saved = _flat(_json_ready(checkpointing.load_config(workdir).to_dict()))
+  new = _flat(_json_ready(config.to_dict()))
+  # A model option added since the run started: its default was used.
+  saved.update(_flat({"model": _with_defaults(
+      {k[len("model."):]: v for k, v in saved.items()
+       if k.startswith("model.")})}))
+  new.update(_flat({"model": _with_defaults(
+      {k[len("model."):]: v for k, v in new.items()
+       if k.startswith("model.")})}))
+  defaults = _flat(_json_ready(configlib.base_config().to_dict()))
+  differences = []
+  for key in sorted(set(saved) | set(new)):
+    if key.split(".")[0] in RESUME_MAY_CHANGE:
+      continue
+    # A key added to the trainer since the run started: it had its default.
+    old_value = saved.get(key, defaults.get(key))
+    new_value = new.get(key, defaults.get(key))
+    if json.dumps(old_value) != json.dumps(new_value):
+      differences.append(f"config.{key}: {old_value!r} in {path}, "
+                         f"{new_value!r} now")
+  if differences:
+    raise ValueError(
+        f"{workdir} holds a run with another config; resuming (or "
+        "rerunning) it with this one would change what it trains:\n  " +
+        "\n  ".join(differences) + "\nResume it with its own config (drop "
+        "those overrides; the saved one is config.json), or use a new "
+        "--workdir for a new run. Only these keys may change on a resume: "
+        f"{', '.join(RESUME_MAY_CHANGE)}.")
+
+
+def _json_ready(value: Any) -> Any:
+  """Tuples as lists, as config.json holds them."""
+  return json.loads(json.dumps(value, default=list))
 
 
 def _with_defaults(model: dict[str, Any]) -> dict[str, Any]:

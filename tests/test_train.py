@@ -116,7 +116,24 @@ def test_init_from_errors(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path):
+class _PreemptedAt:
+  """distributed.PreemptionWatch as if SIGTERM came at `step`."""
+
+  def __init__(self, step):
+    self._step = step
+
+  def __call__(self):
+    return self
+
+  def should_stop(self, step):
+    return step >= self._step
+
+  def close(self):
+    pass
+
+
+def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path,
+                                                               monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   import jaxattn  # pylint: disable=g-import-not-at-top
@@ -127,6 +144,11 @@ def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path):
     config = _load_config("cifar10_hybrid", "smoke")
     config.cache_backbone_features = cached
     workdir = tmp_path / f"cached_{cached}"
+    if cached:  # Preempted at step 3 of 6: the resume reads the cache back.
+      with monkeypatch.context() as patch:
+        patch.setattr(train.distributed, "PreemptionWatch", _PreemptedAt(3))
+        train.train_and_evaluate(config, str(workdir))
+      assert os.listdir(workdir / feature_cache.CACHE_DIR)
     results[cached] = train.train_and_evaluate(config, str(workdir))
     fusion[cached] = jaxattn.load(str(workdir))[1]["params"]["fusion"]
   assert os.listdir(tmp_path / "cached_True" / feature_cache.CACHE_DIR)
@@ -135,11 +157,6 @@ def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path):
   np.testing.assert_allclose(results[True]["test"]["loss"],
                              results[False]["test"]["loss"], rtol=1e-4)
   assert results[True]["test"]["num_examples"] == 40
-  # A resumed cached run reads the features back instead of recomputing.
-  config = _load_config("cifar10_hybrid", "smoke")
-  config.cache_backbone_features = True
-  config.num_steps = 8
-  train.train_and_evaluate(config, str(tmp_path / "cached_True"))
 
 
 def test_feature_cache_refuses_augmented_inputs(tmp_path):
@@ -167,6 +184,14 @@ def test_a_non_finite_loss_stops_the_run_and_keeps_its_checkpoints(tmp_path):
   for directory in (checkpointing.LATEST_DIR, checkpointing.BEST_DIR):
     assert os.listdir(tmp_path / directory) == ["20"]
   assert not (tmp_path / train.RESULTS_FILE).exists()
+  # Rerun: it resumes at step 20, so it checked steps 21-40 (not 1-40), and
+  # it advises only what the config does not already do (quickstart clips
+  # gradients and trains in float32).
+  with pytest.raises(periodic.NonFiniteLossError,
+                     match=r"checked steps 21-40\).*Lower the learning "
+                     r"rate \(config.schedule.lr\)\.$") as error:
+    train.train_and_evaluate(config, str(tmp_path))
+  assert "clip" not in str(error.value) and "float32" not in str(error.value)
 
 
 def _good_then_ruined_config():
