@@ -200,6 +200,10 @@ def _images_per_second(config: ml_collections.ConfigDict,
     config.pretrained_required = False
   exp = experiment.Experiment(config, data="none", mesh_devices=num_devices)
   state = exp.init_state()
+  if config.get("cache_backbone_features"):
+    # Training runs the frozen backbone once, then steps the head on its
+    # cached outputs: those steps are what the layout is for.
+    exp = exp.with_features(None)
   batch = exp.synthetic_batch(config.batch_size)
   train_fn = exp.train_fn.lower(state, batch).compile()
   seconds = []

@@ -93,6 +93,30 @@ def test_the_layout_is_measured_once_then_read_from_the_cache(
   assert exp.mesh.size == layout.num_devices
 
 
+def test_a_feature_cached_head_is_timed_on_the_features(chosen_by_jaxattn,
+                                                        monkeypatch):
+  """Seed 000 with cached backbone outputs trains its head on them: the
+  probe times that step, not the frozen ViT's."""
+  config = configlib.load(f"{REPO}/configs/cifar10_hybrid.py:smoke",
+                          {"cache_backbone_features": True})
+  config = experiment.Experiment(config, data="metadata",
+                                 mesh_devices=NUM_DEVICES).config
+  shapes = []
+  original = experiment.Experiment.synthetic_batch
+
+  def spy(self, size, **kwargs):
+    batch = original(self, size, **kwargs)
+    shapes.append(batch["image"].shape[1:])
+    return batch
+
+  monkeypatch.setattr(experiment.Experiment, "synthetic_batch", spy)
+  layout = cpu_layout.choose(config, probe=True)
+  assert all(rate > 0 for rate in layout.images_per_s.values())
+  feature_shape = tuple(experiment.get_interface(
+      config.model.name).feature_shape(config))
+  assert shapes and all(shape == feature_shape for shape in shapes), shapes
+
+
 def test_without_a_probe_the_most_devices_that_divide_the_batches(
     chosen_by_jaxattn):
   layout = cpu_layout.choose(_config(batch_size=6, eval_batch_size=6),
