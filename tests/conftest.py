@@ -76,6 +76,23 @@ def run_main(*args: str, timeout: int = 600, check: bool = True,
   return proc
 
 
+class PreemptedAt:
+  """Stands in for distributed.PreemptionWatch (monkeypatch it onto the
+  module): as if SIGTERM arrived during `step`."""
+
+  def __init__(self, step):
+    self._step = step
+
+  def __call__(self):
+    return self
+
+  def should_stop(self, step):
+    return step >= self._step
+
+  def close(self):
+    pass
+
+
 @pytest.fixture(scope="session")
 def cifar_folder(tmp_path_factory) -> pathlib.Path:
   """The shared CIFAR-10 training JPEGs, extracted once (skips if absent)."""

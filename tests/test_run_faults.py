@@ -15,7 +15,7 @@ import pytest
 
 from jaxattn import (checkpointing, configlib, evaluate, periodic, train,
                      workdir_lock)
-from tests.conftest import REPO, once_per_process
+from tests.conftest import REPO, PreemptedAt, once_per_process
 
 
 def _config(**overrides):
@@ -132,27 +132,11 @@ def test_a_run_killed_between_its_final_saves_is_completed(run_copy,
 
 
 # --- 5. The resumed epoch's metrics.csv row covers the whole epoch -----------
-class _PreemptedAt:
-  """distributed.PreemptionWatch as if SIGTERM arrived during `step`."""
-
-  def __init__(self, step):
-    self._step = step
-
-  def __call__(self):
-    return self
-
-  def should_stop(self, step):
-    return step >= self._step
-
-  def close(self):
-    pass
-
-
 def test_a_preempted_epoch_keeps_its_train_metrics(tmp_path, finished_run,
                                                    monkeypatch):
   workdir = tmp_path / "w"
   with monkeypatch.context() as patch:
-    patch.setattr(train.distributed, "PreemptionWatch", _PreemptedAt(30))
+    patch.setattr(train.distributed, "PreemptionWatch", PreemptedAt(30))
     assert train.train_and_evaluate(_config(), str(workdir)) == dict(
         preempted=True, final_step=30)
   results = train.train_and_evaluate(_config(), str(workdir))

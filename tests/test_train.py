@@ -6,7 +6,7 @@ import pytest
 
 from jaxattn import checkpointing, configlib, train
 from jaxattn.data import sources
-from tests.conftest import REPO
+from tests.conftest import REPO, PreemptedAt
 
 
 def _smoke_config():
@@ -116,22 +116,6 @@ def test_init_from_errors(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-class _PreemptedAt:
-  """distributed.PreemptionWatch as if SIGTERM came at `step`."""
-
-  def __init__(self, step):
-    self._step = step
-
-  def __call__(self):
-    return self
-
-  def should_stop(self, step):
-    return step >= self._step
-
-  def close(self):
-    pass
-
-
 def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path,
                                                                monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top
@@ -146,7 +130,7 @@ def test_feature_cache_trains_the_head_like_the_uncached_path(tmp_path,
     workdir = tmp_path / f"cached_{cached}"
     if cached:  # Preempted at step 3 of 6: the resume reads the cache back.
       with monkeypatch.context() as patch:
-        patch.setattr(train.distributed, "PreemptionWatch", _PreemptedAt(3))
+        patch.setattr(train.distributed, "PreemptionWatch", PreemptedAt(3))
         train.train_and_evaluate(config, str(workdir))
       assert os.listdir(workdir / feature_cache.CACHE_DIR)
     results[cached] = train.train_and_evaluate(config, str(workdir))
