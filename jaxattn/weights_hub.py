@@ -248,6 +248,7 @@ class ResumingDownloader:
 
   def _get(self, url: str) -> None:
     import pooch  # pylint: disable=g-import-not-at-top
+    import requests  # pylint: disable=g-import-not-at-top
     have = os.path.getsize(self.part) if os.path.exists(self.part) else 0
     with open(self.part, "ab") as out:
 
@@ -257,6 +258,15 @@ class ResumingDownloader:
         if response.status_code == 200 and out.tell():
           out.seek(0)
           out.truncate()
+        # One that resumes elsewhere would splice the file: start over next
+        # time rather than append.
+        content_range = response.headers.get("Content-Range", "")
+        if (response.status_code == 206 and
+            not content_range.startswith(f"bytes {have}-")):
+          out.truncate(0)
+          raise requests.RequestException(
+              f"the server resumed at {content_range!r}, not at byte "
+              f"{have}; the next run starts over")
         return response
 
       headers = {"Range": f"bytes={have}-"} if have else {}
@@ -314,6 +324,31 @@ def _quiet(logger):
     logger.setLevel(level)
 
 
+# (path, mtime, size) of cached files verified by this process: a run
+# resolves its name twice (check, then load), and hashes it once.
+_VERIFIED: set[tuple[str, float, int]] = set()
+REJECTED_SUFFIX = ".rejected"
+
+
+def _check_cached(entry: Entry, path: str) -> None:
+  """Verifies a cached file once per process: one put there by hand (the
+  manual step of every download error) never went through the download's
+  checks. A file that fails them is moved aside, never deleted (it may be
+  the user's only copy), and never used."""
+  stamp = (path, os.path.getmtime(path), os.path.getsize(path))
+  if stamp in _VERIFIED:
+    return
+  try:
+    verify(entry, path)
+  except ValueError as e:
+    os.replace(path, path + REJECTED_SUFFIX)
+    raise WeightsError(
+        f"The cached file {path} is not {entry.spec} ({entry.url}): {e}.\n"
+        f"It was moved to {path + REJECTED_SUFFIX}; the next run downloads "
+        f"the file again. {_manual_step(entry, path)}") from None
+  _VERIFIED.add(stamp)
+
+
 def fetch(entry: Entry, progressbar=True) -> str:
   """The cached file of ``entry``, downloaded (or resumed) and verified first
   if it is not there. Raises ``WeightsError``: one message with the URL, the
@@ -329,6 +364,7 @@ def fetch(entry: Entry, progressbar=True) -> str:
   path = os.path.join(directory, entry.file)
   part = path + PART_SUFFIX
   if os.path.isfile(path):
+    _check_cached(entry, path)
     return path
   try:
     os.makedirs(directory, exist_ok=True)
@@ -339,9 +375,11 @@ def fetch(entry: Entry, progressbar=True) -> str:
     try:
       # known_hash=None: pooch checks no hash (it has no prefix check) and
       # treats an existing FILE as complete; ResumingDownloader verifies.
-      return pooch.retrieve(
+      pooch.retrieve(
           entry.url, known_hash=None, fname=entry.file, path=directory,
           downloader=ResumingDownloader(entry, part, progressbar))
+      _VERIFIED.add((path, os.path.getmtime(path), os.path.getsize(path)))
+      return path
     except (requests.RequestException, ValueError, OSError) as e:
       if os.path.exists(part) and not os.path.getsize(part):
         os.remove(part)  # Nothing arrived (offline): nothing to resume.

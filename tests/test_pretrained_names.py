@@ -206,6 +206,20 @@ def test_a_partial_download_resumes_with_a_range_request(server):
   assert not os.path.exists(final + weights_hub.PART_SUFFIX)
 
 
+def test_a_part_that_is_already_whole_is_fetched_again(server):
+  # A run stopped between the last byte and the rename: the server answers
+  # the Range request with 416; the file is fetched whole, not guessed at.
+  entry = _serve_augreg(server)
+  data = server.files["/augreg/tiny-test.npz"]
+  os.makedirs(weights_hub.cache_dir())
+  final = os.path.join(weights_hub.cache_dir(), entry.file)
+  with open(final + weights_hub.PART_SUFFIX, "wb") as f:
+    f.write(data)
+  weights_hub.fetch(entry, progressbar=False)
+  assert [r for _, r in server.seen] == [f"bytes={len(data)}-", None]
+  assert open(final, "rb").read() == data
+
+
 def test_a_server_that_ignores_range_still_gives_a_whole_file(server):
   entry = _serve_augreg(server)
   data = server.files["/augreg/tiny-test.npz"]
@@ -282,6 +296,25 @@ def test_a_file_of_the_wrong_size_is_rejected(server):
   with pytest.raises(weights_hub.WeightsError, match="not a readable .npz"):
     weights_hub.fetch(entry, progressbar=False)
   _assert_nothing_complete(entry)
+
+
+def test_a_wrong_file_put_in_the_cache_by_hand_is_moved_aside(server,
+                                                              monkeypatch):
+  entry = _serve_torchvision(server, monkeypatch, _tiny_resnet_pth(
+      **TINY_RESNET))
+  os.makedirs(weights_hub.cache_dir())
+  final = os.path.join(weights_hub.cache_dir(), entry.file)
+  with open(final, "wb") as f:  # The manual step, with the wrong file.
+    f.write(_tiny_resnet_pth(depth=50, stage_sizes=(1, 1, 1, 1), width=16))
+  with pytest.raises(weights_hub.WeightsError,
+                     match=r"(?s)is not torchvision:tiny.*its sha256 is.*"
+                     r"moved to .*\.rejected"):
+    weights_hub.fetch(entry, progressbar=False)
+  assert not os.path.exists(final) and not server.seen
+  assert os.path.exists(final + weights_hub.REJECTED_SUFFIX)
+  # The next run downloads the right file.
+  assert weights_hub.fetch(entry, progressbar=False) == final
+  assert len(server.seen) == 1
 
 
 @pytest.mark.parametrize("how", ["offline", "http_error"])
