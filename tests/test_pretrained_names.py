@@ -229,6 +229,7 @@ def test_a_server_that_ignores_range_still_gives_a_whole_file(server):
   with open(final + weights_hub.PART_SUFFIX, "wb") as f:
     f.write(data[:100])
   weights_hub.fetch(entry, progressbar=False)
+  assert server.seen == [(f"/augreg/{entry.file}", "bytes=100-")]
   assert open(final, "rb").read() == data
 
 
