@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Callable
 
 import ml_collections
@@ -434,12 +435,18 @@ def _convert(entry: Entry, file: str, config: ml_collections.ConfigDict
   if os.path.isdir(out):
     return out
   tmp = f"{out}.tmp-{os.getpid()}"
-  import shutil  # pylint: disable=g-import-not-at-top
   shutil.rmtree(tmp, ignore_errors=True)
   try:
     commands.from_torch(file, config, tmp, layout="torchvision",
                         config_spec=f"init_from={entry.spec}")
-    os.replace(tmp, out)
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    try:
+      os.replace(tmp, out)
+    except OSError:
+      if not os.path.isdir(out):
+        raise
+      # Another process of the run converted it first: use theirs.
+      shutil.rmtree(tmp, ignore_errors=True)
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
     raise
