@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -460,5 +461,11 @@ def resolve(config: ml_collections.ConfigDict, progressbar=True) -> str:
   if not is_name(init_from):
     return init_from
   entry = lookup(init_from)
+  if entry.is_torch and importlib.util.find_spec("torch") is None:
+    # Checked before downloading what could not be read.
+    raise WeightsError(
+        f"config.init_from={init_from!r} is a PyTorch file; reading and "
+        "converting it needs PyTorch: pip install 'jaxattn[torch]' (or "
+        "torch), or pass --config.init_from='' to start from random weights.")
   file = fetch(entry, progressbar)
   return _convert(entry, file, config) if entry.is_torch else file

@@ -161,6 +161,19 @@ def test_unknown_kind_or_name_lists_the_known_ones():
     assert "augreg" in str(e.value)
 
 
+def test_a_torchvision_name_without_torch_says_what_to_install(
+    server, monkeypatch):
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  real = importlib.util.find_spec
+  monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+      None if name == "torch" else real(name, *a)))
+  config = configlib.load(f"{REPO}/configs/cifar10_slresnet50.py")
+  with pytest.raises(weights_hub.WeightsError,
+                     match=r"needs PyTorch: pip install 'jaxattn\[torch\]'"):
+    pretrained.check(config)
+  assert not server.seen  # Nothing downloaded that could not be read.
+
+
 def test_seed_configs_name_their_weights_and_smoke_runs_download_nothing():
   load = lambda spec: configlib.load(f"{REPO}/configs/{spec}")
   assert load("food101_hybrid.py").init_from == weights_hub.AUGREG_B8
