@@ -6,6 +6,9 @@ ImageFolder layout; note their test loader pointed at the train folder, which
 is not reproduced). The recipe is the authors' (jaxattn/recipes.py): Adam
 1e-4, batch 128, 45 epochs, early stopping with patience 12 on validation
 loss, resize to 192, ImageNet normalisation, no augmentation, 1000-way head.
+It starts from torchvision's ImageNet ResNet (init_from names
+torchvision:resnet{depth}, downloaded and converted once);
+--config.init_from='' starts from random weights.
 
   python main.py --config=configs/aircraft_slresnet50.py:data=DIR --workdir=/tmp/air
   python main.py --config=configs/aircraft_slresnet50.py:smoke --workdir=/tmp/s

@@ -10,8 +10,11 @@ loss, validation = the official test split (as theirs). The authors'
 Cars notebook is their CIFAR-100 notebook with cars196 swapped in; its log is
 a copy of the CIFAR-100 log, so its 90.16% is not a Cars result.
 
-  python main.py --config=configs/cars196_hybrid.py --workdir=/tmp/cars_hybrid \
-      --config.init_from=/path/to/B_8-i21k-...-res_224.npz
+The frozen backbone starts from the AugReg ViT-B/8 that init_from names
+(downloaded once; see the README's "Pretrained weights");
+--config.init_from=PATH.npz takes a local file instead.
+
+  python main.py --config=configs/cars196_hybrid.py --workdir=/tmp/cars_hybrid
   python main.py --config=configs/cars196_hybrid.py:smoke --workdir=/tmp/s
 """
 

@@ -5,6 +5,9 @@ residual add, layer4 at stride 1, a linear head (GSoP-Net1). Seed 003 only
 describes GSoP; this config trains it with seed 001's CIFAR recipe (Adam
 1e-4, 64x64, batch 128, early stopping) so that it compares directly with
 configs/cifar100_slresnet50.py.
+Like it, it starts from torchvision:resnet{depth} (init_from; the GSoP blocks
+and the head stay at their initialisation, layer4's weights load unchanged
+at stride 1); --config.init_from='' starts from random weights.
 
   python main.py --config=configs/cifar100_gsop_resnet50.py --workdir=/tmp/gsop
   python main.py --config=configs/cifar100_gsop_resnet50.py:smoke --workdir=/tmp/s

@@ -8,8 +8,11 @@ Adamax with WarmUpCosine (0.006 -> 0.03 over 10 steps, cosine to 0 at step
 0.3 / average 4.0, 90 epochs, early stopping (patience 3) on validation
 loss, validation = the official test split (as theirs).
 
-  python main.py --config=configs/cifar100_hybrid.py --workdir=/tmp/c100_hybrid \
-      --config.init_from=/path/to/B_8-i21k-...-res_224.npz
+The frozen backbone starts from the AugReg ViT-B/8 that init_from names
+(downloaded once; see the README's "Pretrained weights");
+--config.init_from=PATH.npz takes a local file instead.
+
+  python main.py --config=configs/cifar100_hybrid.py --workdir=/tmp/c100_hybrid
   python main.py --config=configs/cifar100_hybrid.py:smoke --workdir=/tmp/s
 """
 

@@ -4,7 +4,10 @@ The authors' recipe (jaxattn/recipes.py): Adam 1e-4, batch 128, no
 augmentation, early stopping (patience 12) on validation loss, their 1000-way
 head (`:authors_head=False` for a 100-way head). Validation is the last 10%
 of train, test the official test split. They started from torchvision's
-ImageNet weights: convert them and pass --config.init_from=PATH.npz.
+ImageNet weights, and so does this config: init_from names
+torchvision:resnet{depth} (downloaded and converted once; the SL layers and
+the head stay at their initialisation). --config.init_from='' starts from
+random weights.
 
   python main.py --config=configs/cifar100_slresnet50.py --workdir=/tmp/c100_sl50
   python main.py --config=configs/cifar100_slresnet50.py:depth=101 --workdir=W

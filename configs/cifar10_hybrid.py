@@ -6,10 +6,11 @@ augmentation, batch 64, Adamax with lr = 1e-4 * 0.96 ** floor(1 + epoch/4),
 loss weights model0 0.75 / vit 0.25 / average 2.0, 50 epochs, early stopping
 (patience 3) on validation loss. Their validation was a stratified 20% of the
 training images; here train[80%:], with the official test split at the end.
-The backbone needs the vit_jax AugReg ViT-B/8 weights (--config.init_from).
+The backbone starts from the AugReg ViT-B/8 that init_from names
+(downloaded once; see the README's "Pretrained weights");
+--config.init_from=PATH.npz takes a local file instead.
 
-  python main.py --config=configs/cifar10_hybrid.py --workdir=/tmp/c10_hybrid \
-      --config.init_from=/path/to/B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz
+  python main.py --config=configs/cifar10_hybrid.py --workdir=/tmp/c10_hybrid
   python main.py --config=configs/cifar10_hybrid.py:smoke --workdir=/tmp/s
 """
 

@@ -8,8 +8,11 @@ crop (area 0.05-1) + flip at 224 px into [-1, 1], batch 32, Adamax (clipnorm
 (patience 10) on validation loss, loss weights CNN head 0.25 / ViT head 0.75
 (their 'dense3' / 'vit_'; the average is not in their loss).
 
-  python main.py --config=configs/food101_hybrid.py --workdir=/tmp/food_hybrid \
-      --config.init_from=/path/to/B_8-i21k-...-res_224.npz
+The frozen backbone starts from the AugReg ViT-B/8 that init_from names
+(downloaded once; see the README's "Pretrained weights");
+--config.init_from=PATH.npz takes a local file instead.
+
+  python main.py --config=configs/food101_hybrid.py --workdir=/tmp/food_hybrid
   python main.py --config=configs/food101_hybrid.py:smoke --workdir=/tmp/s
 """
 

@@ -2,6 +2,10 @@
 
 ``config.init_from`` is one of:
 
+* a name, ``KIND:NAME`` (``augreg:<AugReg ViT name>``,
+  ``torchvision:resnet50|resnet101|resnet152``): downloaded once into a cache,
+  checked, and for PyTorch files converted once (``jaxattn.weights_hub``); the
+  result then loads as the paths below. An existing path is always a path;
 * a directory written by ``python -m jaxattn.convert from-torch`` (or the
   ``variables.npz`` inside it): ``variables.npz`` holds '/'-joined
   ``params/...`` and ``batch_stats/...`` paths, and ``conversion.json`` beside
@@ -31,7 +35,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from jaxattn import weights
+from jaxattn import weights, weights_hub
 
 PyTree = Any
 
@@ -53,33 +57,38 @@ def _paths(path: str) -> tuple[str, str | None]:
   return npz, record if os.path.isfile(record) else None
 
 
-def check(config: ml_collections.ConfigDict) -> None:
-  """Fails before any compile when required weights are not given."""
-  path = config.init_from
-  if not path:
+def check(config: ml_collections.ConfigDict) -> str:
+  """Fails before any compile when required weights are not given or cannot
+  be had. Returns the local path to read ("" for none): a name is
+  downloaded and converted here (once; later calls find it cached)."""
+  if not config.init_from:
     if config.pretrained_required:
       raise ValueError(
           f"config.model.name={config.model.name!r} trains on top of frozen "
-          "pretrained weights, but config.init_from is empty. Pass "
-          "--config.init_from=PATH.npz (for the hybrid: the vit_jax AugReg "
-          "ViT-B/8 checkpoint B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0"
-          "-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz), or "
+          "pretrained weights, but config.init_from is empty. Pass a name, "
+          f"--config.init_from={weights_hub.AUGREG_B8} (downloaded once), or "
+          "a file, --config.init_from=PATH.npz (for the hybrid: the vit_jax "
+          "AugReg ViT-B/8 checkpoint B_8-i21k-300ep-lr_0.001-aug_medium2-wd_"
+          "0.1-do_0.0-sd_0.0--imagenet2012-steps_20k-lr_0.01-res_224.npz), or "
           "--config.pretrained_required=False to train from random weights.")
-    return
+    return ""
+  path = weights_hub.resolve(config)
   if os.path.isdir(path):
     if not os.path.isfile(os.path.join(path, VARIABLES_FILE)):
       raise FileNotFoundError(
           f"config.init_from={path!r} is a directory without "
           f"{VARIABLES_FILE}. Write one with: {_FROM_TORCH}")
-    return
+    return path
   if not os.path.isfile(path):
     raise FileNotFoundError(
-        f"config.init_from={path!r} is not a file or a directory.")
+        f"config.init_from={path!r} is not a file or a directory, nor a "
+        f"weights name (KIND:NAME; known: {weights_hub.known_names()}).")
   if not path.endswith(".npz"):
     raise ValueError(
         f"config.init_from={path!r}: only .npz files and directories written "
         f"by the converter load directly. Convert PyTorch weights first: "
         f"{_FROM_TORCH}, then pass --config.init_from=DIR.")
+  return path
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -102,11 +111,11 @@ def load(config: ml_collections.ConfigDict, params: PyTree,
   ``.npz`` goes to the model interface's ``import_npz`` (default: the
   registered model's), which knows where it belongs (the hybrid's backbone).
   """
-  check(config)
+  path = check(config)
   batch_stats = {} if batch_stats is None else batch_stats
-  if not config.init_from:
+  if not path:
     return params, batch_stats
-  npz_path, record_path = _paths(config.init_from)
+  npz_path, record_path = _paths(path)
   flat = _read_npz(npz_path)
   if _is_variables_file(flat):
     record = None

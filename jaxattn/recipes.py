@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from jaxattn import configlib
+from jaxattn import configlib, weights_hub
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2471, 0.2435, 0.2616)
@@ -155,13 +155,17 @@ def seed001_slresnet(depth: int, *, image_size: int,
   EarlyStopping on test loss, best checkpoint kept). ``authors_head`` keeps
   their 1000-way output (torchvision's default, which Train.py never
   changed); otherwise the head has the dataset's class count. The authors
-  started from torchvision's ImageNet weights: pass them with
-  --config.init_from (converted by `python -m jaxattn.convert from-torch`).
+  started from torchvision's ImageNet weights: ``init_from`` names them
+  (``torchvision:resnet{depth}``, downloaded and converted once; the SL
+  layers and the head stay at their initialisation); other depths start
+  from random weights. ``--config.init_from=''`` opts out.
   """
   c = configlib.base_config()
   c.image_size = (image_size, image_size)
   c.pixel_mean, c.pixel_std = IMAGENET_MEAN, IMAGENET_STD
   c.model = dict(name="slresnet", depth=depth)
+  c.init_from = (f"torchvision:resnet{depth}"
+                 if f"resnet{depth}" in weights_hub.TORCHVISION else "")
   c.num_classes = 1000 if authors_head else 0
   c.batch_size, c.eval_batch_size = 128, 256
   c.optimizer.update(name="adam", weight_decay=0.0)
@@ -184,6 +188,9 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   c.pixel_mean, c.pixel_std = (0.5,), (0.5,)  # [0, 1] -> [-1, 1].
   c.model = dict(name="hybrid")
   c.frozen_params = "backbone/.*"
+  # The authors' frozen AugReg ViT-B/8, downloaded once. Opting out needs
+  # both --config.init_from='' and --config.pretrained_required=False.
+  c.init_from = weights_hub.AUGREG_B8
   c.pretrained_required = True
   c.model_outputs = "probabilities"
   c.metric_output = "average"
@@ -215,6 +222,7 @@ def shrink_resnet_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
   c.image_size = (32, 32)
   c.model.update(dict(stage_sizes=(1, 1, 1, 1), width=8))
   c.num_classes = 0
+  c.init_from = ""  # ImageNet weights do not fit; smoke runs download nothing.
 
 
 def shrink_hybrid_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
@@ -223,6 +231,7 @@ def shrink_hybrid_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
   c.image_size = (32, 32)
   c.model.update(dict(patch_size=8, hidden_dim=16, depth=1, num_heads=2,
                       mlp_dim=32))
+  c.init_from = ""  # Smoke runs download nothing.
   c.pretrained_required = False
 
 
