@@ -25,6 +25,14 @@ os.environ["XLA_FLAGS"] = " ".join([
 os.environ.setdefault(cpu_defaults.CLIENT_THREADS_VARS[0], str(
     cpu_defaults.client_threads(4, cpu_defaults.usable_cores())))
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+# No test downloads weights from the internet: a name (config.init_from) that
+# a test does not serve itself from 127.0.0.1 fails at once (port 9 refuses
+# connections), into a cache of the session's own.
+os.environ.setdefault("JAXATTN_WEIGHTS_URL", "http://127.0.0.1:9")
+if "JAXATTN_WEIGHTS_CACHE" not in os.environ:
+  _WEIGHTS_DIR = tempfile.mkdtemp(prefix="jaxattn_weights_")
+  os.environ["JAXATTN_WEIGHTS_CACHE"] = _WEIGHTS_DIR
+  atexit.register(shutil.rmtree, _WEIGHTS_DIR, ignore_errors=True)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One persistent XLA compilation cache for the session, shared with the
 # main.py subprocesses: many tests compile the same smoke programs again
