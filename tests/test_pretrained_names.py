@@ -206,13 +206,20 @@ def test_a_cached_file_is_not_requested_again(server):
   assert len(server.seen) == 1
 
 
-def test_a_partial_download_resumes_with_a_range_request(server):
+def _left_part(server, num_bytes: int | None):
+  """A served AugReg file whose first bytes (all if None) an earlier run
+  left in the cache as FILE.part: (entry, the file's bytes, final path)."""
   entry = _serve_augreg(server)
   data = server.files["/augreg/tiny-test.npz"]
   os.makedirs(weights_hub.cache_dir())
   final = os.path.join(weights_hub.cache_dir(), entry.file)
   with open(final + weights_hub.PART_SUFFIX, "wb") as f:
-    f.write(data[:100])
+    f.write(data[:num_bytes])
+  return entry, data, final
+
+
+def test_a_partial_download_resumes_with_a_range_request(server):
+  entry, data, final = _left_part(server, 100)
   assert weights_hub.fetch(entry, progressbar=False) == final
   assert server.seen == [(f"/augreg/{entry.file}", "bytes=100-")]
   assert open(final, "rb").read() == data
@@ -222,12 +229,7 @@ def test_a_partial_download_resumes_with_a_range_request(server):
 def test_a_part_that_is_already_whole_is_fetched_again(server):
   # A run stopped between the last byte and the rename: the server answers
   # the Range request with 416; the file is fetched whole, not guessed at.
-  entry = _serve_augreg(server)
-  data = server.files["/augreg/tiny-test.npz"]
-  os.makedirs(weights_hub.cache_dir())
-  final = os.path.join(weights_hub.cache_dir(), entry.file)
-  with open(final + weights_hub.PART_SUFFIX, "wb") as f:
-    f.write(data)
+  entry, data, final = _left_part(server, None)
   weights_hub.fetch(entry, progressbar=False)
   assert [r for _, r in server.seen] == [f"bytes={len(data)}-", None]
   assert open(final, "rb").read() == data
