@@ -9,20 +9,20 @@ whose only JAX platform is the CPU, :func:`configure` therefore
   (``jax_num_cpu_devices``), so that the jit step's batch is data-parallel
   over the cores, exactly as it is over GPUs;
 * appends :data:`XLA_CPU_FLAGS` (XLA:CPU's library paths that measured
-  fastest on this project's train steps) to ``XLA_FLAGS``;
-* gives XLA's CPU client two threads per device (``PJRT_NPROC``), whatever
-  chose the device count: with one per device, as XLA sizes it, a program
-  that spans several devices can deadlock (see :func:`client_threads`).
+  fastest on this project's train steps) to ``XLA_FLAGS``.
 
 How many of those devices a run's mesh then spans is measured per model
 (``jaxattn/cpu_layout.py``): a device per core is not the fastest layout
-for every model.
+for every model. XLA's CPU client keeps its own thread counts
+(``PJRT_NPROC`` sizes them, if you set it): several devices on its pool of
+max(cores, devices) threads can deadlock in a collective when the host
+dispatches far ahead of them, and the project's loops never do
+(``jaxattn/dispatch.py``).
 
 Every choice yields to the user's own: ``--jax_num_cpu_devices=N`` (or
 ``JAX_NUM_CPU_DEVICES``), ``--xla_force_host_platform_device_count`` in
 ``XLA_FLAGS``, any flag of :data:`XLA_CPU_FLAGS` already named in
-``XLA_FLAGS``, ``PJRT_NPROC`` (or ``NPROC``) in the environment, and
-``JAXATTN_CPU_DEFAULTS=0`` to leave JAX's defaults alone.
+``XLA_FLAGS``, and ``JAXATTN_CPU_DEFAULTS=0`` to leave JAX's defaults alone.
 Hosts with an accelerator plugin (CUDA, ROCm, TPU, Metal) or a
 ``JAX_PLATFORMS`` without ``cpu`` are left as they are. The choice is logged
 once per process.
@@ -43,10 +43,6 @@ from absl import logging
 
 DISABLE_VAR = "JAXATTN_CPU_DEFAULTS"
 DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
-# XLA sizes its CPU client's thread pools from the first of these that is set
-# (xla/pjrt/utils.cc, DefaultThreadPoolSize), else from the core count.
-CLIENT_THREADS_VARS = ("PJRT_NPROC", "NPROC")
-
 # XLA:CPU options adopted as the project's CPU default, for the jaxlib
 # releases they were measured on (XLA aborts on a flag it does not know, and
 # their effect changes between releases). Measured on every architecture's
@@ -80,7 +76,6 @@ class CpuSetup:
   reason: str
   cpu_devices: int | None = None  # None: left to JAX / the user.
   xla_flags_added: tuple[str, ...] = ()
-  client_threads: int | None = None  # PJRT_NPROC set; None: left alone.
 
 
 _DONE: CpuSetup | None = None
@@ -120,35 +115,6 @@ def _flag_name(flag: str) -> str:
   return flag.split("=", 1)[0]
 
 
-def client_threads(num_devices: int, cores: int) -> int:
-  """Threads for XLA's CPU client when it has ``num_devices`` devices.
-
-  XLA gives its CPU client one pool of max(cores, devices) threads, and runs
-  on it both each device's part of a program and the dispatch of the next
-  program, which blocks there while that device already has its maximum of
-  computations in flight (JAX's asynchronous dispatch runs ahead of the
-  devices: a train step, the CLU metric merges after it, evaluation
-  batches). With one thread per device, one blocked dispatch leaves a
-  device's part of a multi-device program without a thread, while the
-  other devices' parts wait for it in their all-reduce: a deadlock that
-  XLA ends after 40 s with "Termination timeout for all reduce" and an
-  abort (reproduced in ``benchmarks/cpu_collectives_soak.py``, which also
-  shows the thread stacks). A dispatch can block at most once per device,
-  so two threads per device always leave every device one to run on. The
-  same number sizes XLA's intra-op pool; idle threads cost nothing, and the
-  throughput tables in ``benchmarks/README.md`` are measured with it.
-  """
-  return max(cores, 2 * num_devices)
-
-
-def _device_count_in(xla_flags: list[str]) -> int | None:
-  for flag in xla_flags:
-    name, _, value = flag.partition("=")
-    if name == DEVICE_COUNT_FLAG and value.strip().isdigit():
-      return int(value)
-  return None
-
-
 def _decide(environ, cores: int, num_cpu_devices_setting: int,
             plugins: list[str]) -> CpuSetup:
   """The pure decision (no side effects), for :func:`configure` and tests."""
@@ -165,18 +131,11 @@ def _decide(environ, cores: int, num_cpu_devices_setting: int,
   added = tuple(f for f in XLA_CPU_FLAGS if _flag_name(f) not in named)
   if num_cpu_devices_setting >= 0:
     devices, why = None, f"jax_num_cpu_devices={num_cpu_devices_setting} (yours)"
-    backend_devices = num_cpu_devices_setting
   elif DEVICE_COUNT_FLAG in named:
     devices, why = None, f"{DEVICE_COUNT_FLAG} in XLA_FLAGS (yours)"
-    backend_devices = _device_count_in(xla_flags) or 1
   else:
     devices, why = cores, f"one per usable core ({cores})"
-    backend_devices = cores
-  threads = None
-  if backend_devices > 1 and not any(environ.get(v, "").strip()
-                                     for v in CLIENT_THREADS_VARS):
-    threads = client_threads(backend_devices, cores)
-  return CpuSetup(True, why, devices, added, threads)
+  return CpuSetup(True, why, devices, added)
 
 
 def configure() -> CpuSetup:
@@ -202,19 +161,14 @@ def configure() -> CpuSetup:
     if setup.xla_flags_added:
       os.environ["XLA_FLAGS"] = " ".join(
           [*os.environ.get("XLA_FLAGS", "").split(), *setup.xla_flags_added])
-    if setup.client_threads is not None:
-      os.environ[CLIENT_THREADS_VARS[0]] = str(setup.client_threads)
     devices = (f"{setup.cpu_devices} JAX CPU devices, {setup.reason}"
                if setup.cpu_devices is not None else
                f"JAX CPU devices as you set them: {setup.reason}")
     logging.info(
-        "CPU host: %s%s%s; override with --jax_num_cpu_devices=N or "
+        "CPU host: %s%s; override with --jax_num_cpu_devices=N or "
         "XLA_FLAGS, or %s=0 for JAX's defaults.", devices,
         f"; XLA_FLAGS += {' '.join(setup.xla_flags_added)}"
-        if setup.xla_flags_added else "",
-        f"; {CLIENT_THREADS_VARS[0]}={setup.client_threads} (2 client threads "
-        "per device: no collective deadlock)"
-        if setup.client_threads is not None else "", DISABLE_VAR)
+        if setup.xla_flags_added else "", DISABLE_VAR)
   else:
     logging.info("jaxattn CPU defaults not applied: %s.", setup.reason)
   _DONE = setup

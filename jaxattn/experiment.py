@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import math
 import os
-from typing import Any
+from typing import Any, Iterable
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +33,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxattn import (checkpointing, configlib, cpu_layout, mixing, optim,
-                     parallel, pretrained, steps)
+from jaxattn import (checkpointing, configlib, cpu_layout, dispatch, mixing,
+                     optim, parallel, pretrained, steps)
 from jaxattn.data import pipeline, sources
 from jaxattn.models import create_model, get_interface
 from jaxattn.models import interface as interface_lib
@@ -309,14 +309,20 @@ class Experiment:
   def evaluate(self, state: steps.TrainState, split: str) -> dict[str, float]:
     """Metrics over every example of `split` exactly once."""
     ds, num_batches = self.eval_dataset(split)
-    total = None
-    for batch in pipeline.as_numpy(ds):
-      batch_metrics = self.eval_fn(
-          state, parallel.global_batch(batch, self.batch_sharding))
-      total = batch_metrics if total is None else total.merge(batch_metrics)
+    results = self.evaluate_batches(state, pipeline.as_numpy(ds))
+    results["num_batches"] = num_batches
+    return results
+
+  def evaluate_batches(self, state: steps.TrainState,
+                       batches: Iterable[dict[str, np.ndarray]]
+                       ) -> dict[str, float]:
+    """Metrics over host batches (with a ``mask``): a few steps in flight,
+    merged on the host as they finish (``jaxattn/dispatch.py``)."""
+    total = dispatch.merged(
+        self.eval_fn(state, parallel.global_batch(batch, self.batch_sharding))
+        for batch in batches)
     results = {k: float(v) for k, v in total.compute().items()}
     results["num_examples"] = int(total.loss.count)
-    results["num_batches"] = num_batches
     return results
 
 

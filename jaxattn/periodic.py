@@ -1,7 +1,9 @@
 """The training loop's periodic actions, each named for what it does.
 
-After every train step the loop (``jaxattn/train.py``) asks each action
-whether it is due and runs it:
+After every train step the loop (``jaxattn/train.py``) hands the step's
+metrics to ``StepMetrics``, which brings them to the host a few steps later
+(``jaxattn/dispatch.py``) for ``TrainLog`` and ``EpochLog``, then asks each
+action whether it is due and runs it:
 
 * ``NonFiniteGuard``: before anything is logged, evaluated or saved, stops the
   run if a loss went NaN or inf, naming the first bad step, so no checkpoint
@@ -36,6 +38,8 @@ import flax
 import jax
 import numpy as np
 from absl import logging
+
+from jaxattn import dispatch
 
 METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy",
@@ -72,8 +76,34 @@ class RunRecord:
     return dataclasses.asdict(self)
 
 
-def _merge(total, new):
-  return new if total is None else total.merge(new)
+_merge = dispatch.merge
+
+
+class StepMetrics:
+  """The train steps' metrics, on their way to the host.
+
+  Each step's metrics stay on the devices while the step runs; ``add``
+  takes them right after its dispatch and hands those of the steps that
+  left the dispatch window (``jaxattn/dispatch.py``: at most two steps in
+  flight) to the logs, as NumPy. ``flush`` waits for the last step and
+  hands over the rest: the loop calls it before anything reads the logs'
+  metrics (logging, the non-finite check, an epoch's end, a save).
+  """
+
+  def __init__(self, *logs):
+    self._window = dispatch.Window()
+    self._logs = logs
+
+  def add(self, step_metrics) -> None:
+    self._hand_over(self._window.push(step_metrics))
+
+  def flush(self) -> None:
+    self._hand_over(self._window.drain())
+
+  def _hand_over(self, host_metrics) -> None:
+    for metrics in host_metrics:
+      for log in self._logs:
+        log.add(metrics)
 
 
 class NonFiniteGuard:
@@ -117,7 +147,8 @@ class NonFiniteGuard:
 class TrainLog:
   """Every ``log_every_steps`` and at the last step: train scalars + a line.
 
-  Metrics stay on the device and merge there; the host syncs only here.
+  ``add`` takes each step's metrics on the host (from ``StepMetrics``) and
+  merges them there.
   """
 
   def __init__(self, exp, writer, start_step: int):
@@ -188,7 +219,7 @@ class EpochLog:
     self._path = (pathlib.Path(exp.workdir) / METRICS_FILE
                   if exp.workdir and jax.process_index() == 0 else None)
     self._drop_rows_after(start_step)
-    self._steps, self._seconds = [], 0.0
+    self._metrics, self._seconds = None, 0.0  # The epoch's, merged.
     self.restart(start_step)
     # The interrupted epoch's metrics, as saved; turned back into a metrics
     # object (shaped like the step metrics) at the first step.
@@ -204,30 +235,20 @@ class EpochLog:
     self._earlier_seconds = 0.0  # Training seconds before a resume.
 
   def add(self, step_metrics) -> None:
+    """A step's metrics, on the host (from ``StepMetrics``)."""
     if self._carried is not None:
-      self._steps.append(_metrics_from_state(step_metrics,
-                                             self._carried["metrics"]))
+      self._metrics = _metrics_from_state(step_metrics,
+                                          self._carried["metrics"])
       self._carried = None
-    # Kept, not merged: merging on the device every step would put one more
-    # multi-device computation in flight per step beside the train step's
-    # all-reduce; the epoch's are merged once, after the loop has synced.
-    self._steps.append(step_metrics)
+    self._metrics = _merge(self._metrics, step_metrics)
 
   def partial(self, step: int) -> dict[str, Any] | None:
     """The epoch so far, for a checkpoint saved before its end (JSON)."""
-    if not self._steps:
+    if self._metrics is None:
       return None
-    merged = self._merged()
-    self._steps = [merged]  # Merged once; the next save starts from it.
     return dict(step=step, epoch_start_step=self._start_step,
                 seconds=self._earlier_seconds + time.time() - self._start,
-                metrics=_metrics_to_state(merged))
-
-  def _merged(self):
-    merged = None
-    for step_metrics in self._steps:
-      merged = _merge(merged, step_metrics)
-    return merged
+                metrics=_metrics_to_state(self._metrics))
 
   def end_training(self, step: int, epoch: int) -> None:
     """At the epoch's last step, before validation: its training time."""
@@ -241,8 +262,7 @@ class EpochLog:
   def write_row(self, step: int, epoch: int,
                 val: dict[str, float] | None) -> None:
     """After validation (``val``: its metrics, or None): the CSV row."""
-    merged = self._merged()
-    self._steps = []
+    merged, self._metrics = self._metrics, None
     train = ({k: float(v) for k, v in merged.compute().items()}
              if merged is not None else {})
     if self._path is None:

@@ -20,6 +20,7 @@ import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from clu import metrics
 from jax.sharding import Mesh, PartitionSpec as P
@@ -67,9 +68,11 @@ _NEVER = jnp.iinfo(jnp.int32).max
 class FirstNonFiniteStep(metrics.Metric):
   """The first step (1-based, as the loop counts) whose loss was NaN or inf.
 
-  Kept on device and merged with ``min`` like the other metrics, so the loop
-  learns which step went bad when it pulls metrics anyway, without a host
-  sync per step. ``compute()`` is 0 when every loss was finite.
+  Computed in the step and merged with ``min`` like the other metrics, so
+  the loop learns which step went bad from the metrics it brings to the host
+  anyway (``jaxattn/dispatch.py``), without a sync per step. Merged and
+  computed on the host, in NumPy. ``compute()`` is 0 when every loss was
+  finite.
   """
 
   step: jax.Array
@@ -81,10 +84,10 @@ class FirstNonFiniteStep(metrics.Metric):
     return cls(step=jnp.where(finite, _NEVER, step).astype(jnp.int32))
 
   def merge(self, other: "FirstNonFiniteStep") -> "FirstNonFiniteStep":
-    return type(self)(step=jnp.minimum(self.step, other.step))
+    return type(self)(step=np.minimum(self.step, other.step))
 
-  def compute(self) -> jax.Array:
-    return jnp.where(self.step == _NEVER, 0, self.step)
+  def compute(self) -> np.ndarray:
+    return np.where(self.step == _NEVER, 0, self.step)
 
 
 @flax.struct.dataclass

@@ -129,6 +129,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   train_log = periodic.TrainLog(exp, writer, start_step)
   epoch_log = periodic.EpochLog(exp, writer, start_step,
                                 partial_epoch=record.partial_epoch)
+  # Each step's metrics reach the logs on the host a few steps after its
+  # dispatch: the host never runs far ahead of the devices (dispatch.py).
+  step_metrics = periodic.StepMetrics(train_log, epoch_log)
   validation = periodic.Validation(exp, writer, record, report_progress)
   saving = periodic.Checkpointing(exp, ckpt, record)
   preemption = distributed.PreemptionWatch()
@@ -139,10 +142,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       batch = parallel.global_batch(next(batches), exp.batch_sharding)
-      state, step_metrics = exp.train_fn(state, batch)
+      state, metrics = exp.train_fn(state, batch)
     step += 1
-    train_log.add(step_metrics)
-    epoch_log.add(step_metrics)
+    step_metrics.add(metrics)
     report_progress(step)
     if profile is not None:
       profile(step)
@@ -155,6 +157,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     # never kept (logging pulls the metrics to the host anyway).
     if (train_log.due(step) or end_of_epoch or preempted or
         saving.periodic(step)):
+      step_metrics.flush()  # Every step's metrics, up to this one.
       guard.check(train_log.take_unchecked(), step)
     if train_log.due(step):
       train_log(step)

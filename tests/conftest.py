@@ -19,11 +19,12 @@ from jaxattn import cpu_defaults  # noqa: E402  (imports no JAX)
 os.environ["XLA_FLAGS"] = " ".join([
     *cpu_defaults.XLA_CPU_FLAGS, *os.environ.get("XLA_FLAGS", "").split(),
     "--xla_force_host_platform_device_count=4"])
-# Two XLA CPU client threads per device, as cpu_defaults gives the commands:
-# with one per device, a test's multi-device programs can deadlock in their
-# all-reduce (cpu_defaults.client_threads).
-os.environ.setdefault(cpu_defaults.CLIENT_THREADS_VARS[0], str(
-    cpu_defaults.client_threads(4, cpu_defaults.usable_cores())))
+# Two XLA CPU client threads per device. The project's loops keep at most a
+# few steps in flight (jaxattn/dispatch.py) and need no more than XLA's own
+# max(cores, devices); a test's own loop may dispatch ahead without bound,
+# which with one thread per device can deadlock in an all-reduce.
+os.environ.setdefault("PJRT_NPROC", str(max(2 * 4,
+                                            cpu_defaults.usable_cores())))
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 # No test downloads weights from the internet: a name (config.init_from) that
 # a test does not serve itself from 127.0.0.1 fails at once (port 9 refuses

@@ -155,8 +155,8 @@ def test_a_fresh_process_probes_its_layout_and_logs_it(tmp_path):
   proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "PJRT_NPROC" not in proc.stderr  # XLA's own thread counts.
   cores = cpu_defaults.usable_cores()
-  assert f"PJRT_NPROC={2 * cores}" in proc.stderr
   assert "CPU layout: the mesh spans" in proc.stderr
   assert "measured now" in proc.stderr
   chosen = json.loads((tmp_path / "bench.json").read_text())["mesh_devices"]
