@@ -20,13 +20,14 @@ import tensorflow as tf
 
 from jaxattn import checkpointing, experiment, losses
 from jaxattn.data import pipeline, sources
+from jaxattn.errors import BadInputError
 from jaxattn.models import (ModelInterface, get_interface, interface,
                             known_models)
 
 PyTree = Any
 
 
-class InputError(ValueError):
+class InputError(BadInputError, ValueError):
   """A workdir, image file or option that cannot be used; says the fix."""
 
 

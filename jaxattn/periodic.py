@@ -37,13 +37,15 @@ import jax
 import numpy as np
 from absl import logging
 
+from jaxattn.errors import BadInputError
+
 METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy",
                    "val_loss", "val_accuracy", "learning_rate",
                    "epoch_seconds")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(BadInputError, FloatingPointError):
   """A train loss was NaN or inf; the message names the step and the fix."""
 
 

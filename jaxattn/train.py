@@ -240,7 +240,7 @@ def _test_state(exp, ckpt, record: periodic.RunRecord, state, step: int):
 
 def _check_test_checkpoint(config: ml_collections.ConfigDict) -> None:
   if config.test_checkpoint not in TEST_CHECKPOINTS:
-    raise ValueError(
+    raise configlib.ConfigError(
         f"config.test_checkpoint={config.test_checkpoint!r} must be one of "
         f"{TEST_CHECKPOINTS}: --config.test_checkpoint=last tests the final "
         "state, =best the best validation checkpoint.")
@@ -253,8 +253,9 @@ def _profiler(config: ml_collections.ConfigDict, workdir: str):
   if count <= 0:
     return None
   if first < 1:
-    raise ValueError(f"config.profile_steps={tuple(config.profile_steps)}: "
-                     "the first traced step must be >= 1, e.g. (10, 5).")
+    raise configlib.ConfigError(
+        f"config.profile_steps={tuple(config.profile_steps)}: the first "
+        "traced step must be >= 1, e.g. (10, 5).")
   return periodic_actions.Profile(
       logdir=workdir, first_profile=first, num_profile_steps=count,
       profile_duration_ms=None, every_steps=None, every_secs=None)
@@ -312,7 +313,7 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
       differences.append(f"config.{key}: {old_value!r} in {path}, "
                          f"{new_value!r} now")
   if differences:
-    raise ValueError(
+    raise configlib.ConfigError(
         f"{workdir} holds a run with another config; resuming (or "
         "rerunning) it with this one would change what it trains:\n  " +
         "\n  ".join(differences) + "\nResume it with its own config (drop "
