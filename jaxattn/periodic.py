@@ -237,8 +237,9 @@ class EpochLog:
     images_per_second = (step - self._start_step) * self._batch / self._seconds
     self._writer.write_scalars(step, {"epoch_seconds": self._seconds,
                                       "images_per_second": images_per_second})
-    logging.info("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
-                 self._seconds, images_per_second)
+    # --verbosity=1: the progress line has the rate already.
+    logging.debug("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
+                  self._seconds, images_per_second)
 
   def write_row(self, step: int, epoch: int,
                 val: dict[str, float] | None) -> None:

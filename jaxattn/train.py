@@ -76,11 +76,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
            writer) -> dict[str, Any]:
   config, workdir, total_steps = exp.config, exp.workdir, exp.total_steps
-  logging.info("Devices: %d (%d per process, %d processes); %s: %d examples, "
-               "%d steps/epoch, %d steps in all.", exp.mesh.size,
+  logging.info("Devices: %d (%d per process, %d processes); compute dtype "
+               "%s, batch %d.", exp.mesh.size,
                exp.mesh.size // jax.process_count(), jax.process_count(),
-               config.train_split, exp.num_train_examples,
-               exp.steps_per_epoch, total_steps)
+               config.compute_dtype, config.batch_size)
+  logging.info("Data %s: %s; %d steps/epoch, %d steps in all.",
+               config.dataset, _split_sizes(exp), exp.steps_per_epoch,
+               total_steps)
 
   # --- State: created directly in its sharded layout, or restored ----------
   # The newest intact checkpoint: a damaged one is moved aside (kept).
@@ -99,6 +101,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     if os.path.exists(os.path.join(workdir, RESULTS_FILE)):
       logging.info("Training in %s is already complete (step %d).", workdir,
                    start_step)
+      _log_where_results_are(workdir)
       return _read_results(workdir)
     # Killed after its final checkpoint but before results.json.
     logging.warning("Training in %s is complete (step %d) but has no %s: "
@@ -225,6 +228,7 @@ def _finish(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=2)
     os.replace(path + ".tmp", path)
+  _log_where_results_are(workdir)
   return results
 
 
@@ -349,3 +353,30 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def _split_sizes(exp: experiment.Experiment) -> str:
+  """"train 1,294 examples (train[:90%]), val 144 (...), test 359 (test)"."""
+  parts = []
+  for role in ("train", "val", "test"):
+    split = exp.config[f"{role}_split"]
+    if not split:
+      continue
+    try:
+      count = (exp.num_train_examples if role == "train"
+               else exp.source.num_examples(split))
+    except ValueError:  # DatasetError; the run checks its own splits.
+      continue
+    examples = " examples" if role == "train" else ""
+    parts.append(f"{role} {count:,}{examples} ({split})")
+  return ", ".join(parts)
+
+
+def _log_where_results_are(workdir: str) -> None:
+  """The last line of a run: what it wrote, and where."""
+  names = (RESULTS_FILE, periodic.METRICS_FILE, plots.CURVES_FILE,
+           plots.CONFUSION_FILE, checkpointing.LATEST_DIR + "/",
+           checkpointing.BEST_DIR + "/")
+  found = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  logging.info("Results in %s: %s (TensorBoard: tensorboard --logdir %s).",
+               workdir, ", ".join(found), workdir)
