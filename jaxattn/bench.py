@@ -421,9 +421,9 @@ def main(argv):
 
 if __name__ == "__main__":
   import jax  # pylint: disable=g-import-not-at-top
-  from jaxattn import configlib  # pylint: disable=g-import-not-at-top
+  from jaxattn import configlib, console  # pylint: disable=g-import-not-at-top
   # --config=NAME[:ARG] may name a config bundled with the package.
   sys.argv = configlib.expand_bundled_config(sys.argv)
   jax.config.config_with_absl()  # --jax_num_cpu_devices=2 etc.
   define_flags()
-  app.run(main)
+  console.run(main)  # app.run, with --library_logs and --traceback.

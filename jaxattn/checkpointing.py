@@ -44,6 +44,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from jaxattn.errors import BadInputError
+
 LATEST_DIR = "checkpoints"
 BEST_DIR = "checkpoints_best"
 CONFIG_FILE = "config.json"
@@ -64,7 +66,7 @@ _READ_ERROR = re.compile(r"\b(OUT_OF_RANGE|DATA_LOSS|NOT_FOUND|"
                          r"Error (reading|opening|decoding)")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(BadInputError, ValueError):
   """A checkpoint that is missing or does not fit the model."""
 
 
@@ -76,7 +78,7 @@ class DamagedCheckpointError(CheckpointError):
     self.step_dir = step_dir
 
 
-class NoSpaceError(OSError):
+class NoSpaceError(BadInputError, OSError):
   """Not enough disk space for a checkpoint; one line names where and how
   much."""
 

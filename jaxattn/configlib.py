@@ -30,6 +30,8 @@ from ml_collections import config_flags
 from ml_collections.config_flags import config_flags as config_flags_impl
 from ml_collections.config_flags import config_path
 
+from jaxattn.errors import BadInputError
+
 _BOOLEAN = flags.BooleanParser()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 # configs/ of a checkout; an installed wheel carries the same files as
@@ -70,11 +72,11 @@ def expand_bundled_config(argv: Sequence[str], name: str = "config"
   return out
 
 
-class ConfigError(ValueError):
+class ConfigError(BadInputError, ValueError):
   """A config that cannot be loaded; the message says what to pass instead."""
 
 
-class ConfigUsageError(flags.IllegalFlagValueError):
+class ConfigUsageError(BadInputError, flags.IllegalFlagValueError):
   """A ``--config`` argument or ``--config.KEY`` the user must change; the
   message says how. absl's ``app.run`` prints it as a usage error."""
 

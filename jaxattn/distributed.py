@@ -25,11 +25,17 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from jaxattn.errors import BadInputError
+
 # Environments where JAX finds coordinator, process count and id by itself.
 # Inside an `srun` step SLURM_STEP_ID is set; a batch script that runs
 # python directly has SLURM_NTASKS too, but is one process.
 _SLURM_VARS = ("SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_PROCID")
 _OMPI_SIZE = "OMPI_COMM_WORLD_SIZE"
+
+
+class LaunchError(BadInputError, ValueError):
+  """Multi-process flags that do not describe a job; says which to pass."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,13 +85,13 @@ def initialize(launch: Launch = Launch()) -> None:
     return
   if explicit and (launch.coordinator_address is None or
                    launch.process_id is None):
-    raise ValueError(
+    raise LaunchError(
         f"--num_processes={count} needs --coordinator_address=HOST:PORT (the "
         "address of process 0) and --process_id=0..N-1 on every process; on "
         "SLURM or Open MPI leave all three unset to detect them.")
   if explicit and not 0 <= launch.process_id < count:
-    raise ValueError(f"--process_id={launch.process_id} must be in "
-                     f"0..{count - 1} for --num_processes={count}.")
+    raise LaunchError(f"--process_id={launch.process_id} must be in "
+                      f"0..{count - 1} for --num_processes={count}.")
   kwargs = dict(
       heartbeat_timeout_seconds=launch.heartbeat_timeout_seconds,
       initialization_timeout=launch.initialization_timeout_seconds)

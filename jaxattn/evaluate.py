@@ -12,6 +12,7 @@ from absl import logging
 from clu import metric_writers
 
 from jaxattn import checkpointing, experiment, plots
+from jaxattn.configlib import ConfigError
 
 
 def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
@@ -34,7 +35,7 @@ def evaluate_checkpoint(workdir: str, *, checkpoint: str = "best",
   config = exp.config
   split = split or config.test_split or config.val_split
   if not split:
-    raise ValueError("No split to evaluate: pass --split=NAME.")
+    raise ConfigError("No split to evaluate: pass --split=NAME.")
   state, _, step = exp.restore(checkpoint)
   results = exp.evaluate(state, split)
   results.update(split=split, step=step, checkpoint=str(checkpoint))

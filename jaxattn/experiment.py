@@ -97,7 +97,7 @@ class Experiment:
     else:
       self.steps_per_epoch = num_train // config.batch_size
       if not self.steps_per_epoch and data != "metadata":
-        raise ValueError(
+        raise configlib.ConfigError(
             f"config.batch_size={config.batch_size} exceeds the {num_train} "
             f"examples of {config.train_split!r}; lower --config.batch_size.")
       self.steps_per_epoch = max(1, self.steps_per_epoch)
@@ -191,7 +191,7 @@ class Experiment:
         rules=config.get("sharding_rules", parallel.DEFAULT_RULES),
         fsdp_min_size_mb=config.get("fsdp_min_size_mb", 4.0))
     if config.parallel == "pmap" and not parallel.is_replicated(shardings):
-      raise ValueError(
+      raise configlib.ConfigError(
           "config.parallel='pmap' runs one program per device on a full copy "
           "of the state, so config.sharding_rules cannot shard it (FSDP); use "
           "--config.parallel=jit with FSDP rules.")
@@ -394,7 +394,7 @@ def resolve_config(config: ml_collections.ConfigDict, source, *,
   if not config.num_classes:
     config.num_classes = source.num_classes
   elif config.num_classes < source.num_classes:
-    raise ValueError(
+    raise configlib.ConfigError(
         f"config.num_classes={config.num_classes} but {source.name} has "
         f"{source.num_classes} classes; set --config.num_classes=0 to use the "
         "dataset's count.")
@@ -416,13 +416,14 @@ def resolve_config(config: ml_collections.ConfigDict, source, *,
         raise sources.DatasetError(
             f"config.{split_key}={config[split_key]!r}: {e}") from None
   if len(config.image_size) != 2 or min(config.image_size) <= 0:
-    raise ValueError(f"config.image_size must be (height, width), got "
-                     f"{config.image_size}.")
+    raise configlib.ConfigError(f"config.image_size must be (height, width), "
+                                f"got {config.image_size}.")
   channels = config.num_channels
   for key in ("pixel_mean", "pixel_std"):
     if len(config[key]) not in (1, channels):
-      raise ValueError(f"config.{key} has {len(config[key])} values; "
-                       f"{source.name} images have {channels} channel(s).")
+      raise configlib.ConfigError(
+          f"config.{key} has {len(config[key])} values; {source.name} images "
+          f"have {channels} channel(s).")
   return config
 
 

@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -577,17 +576,16 @@ def main(argv):
   args = flags.FLAGS
   if not args.out:
     raise app.UsageError("--out DIR is required.")
-  try:
-    paths = explain(argv[1], images=[*args.images, *argv[2:]],
-                    misclassified=args.misclassified, out_dir=args.out,
-                    method=args.method, layer=args.layer, split=args.split,
-                    checkpoint=args.checkpoint)
-  except InputError as e:
-    sys.exit(f"Error: {e}")
+  # Bad input (InputError) ends the command as one line (jaxattn.console).
+  paths = explain(argv[1], images=[*args.images, *argv[2:]],
+                  misclassified=args.misclassified, out_dir=args.out,
+                  method=args.method, layer=args.layer, split=args.split,
+                  checkpoint=args.checkpoint)
   print("\n".join(paths))
 
 
 if __name__ == "__main__":
+  from jaxattn import console  # pylint: disable=g-import-not-at-top
   jax.config.config_with_absl()  # --jax_num_cpu_devices=N etc.
   define_flags()
-  app.run(main)
+  console.run(main)  # app.run, with --library_logs and --traceback.

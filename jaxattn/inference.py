@@ -20,13 +20,14 @@ import tensorflow as tf
 
 from jaxattn import checkpointing, experiment, losses
 from jaxattn.data import pipeline, sources
+from jaxattn.errors import BadInputError
 from jaxattn.models import (ModelInterface, get_interface, interface,
                             known_models)
 
 PyTree = Any
 
 
-class InputError(ValueError):
+class InputError(BadInputError, ValueError):
   """A workdir, image file or option that cannot be used; says the fix."""
 
 
@@ -56,12 +57,14 @@ class Run:
 
 
 def start_command(argv: Sequence[str], usage: str) -> None:
-  """What predict and explain do first: quiet Orbax's INFO lines (unless
-  --verbosity is given), a JAX device per core on CPU as main.py, and a
-  usage error without a workdir."""
+  """What predict and explain do first: only warnings in the log (unless
+  --verbosity or --library_logs is given; their results are printed), a JAX
+  device per core on CPU as main.py, and a usage error without a
+  workdir."""
   from absl import app, flags, logging  # pylint: disable=g-import-not-at-top
   from jaxattn import cpu_defaults  # pylint: disable=g-import-not-at-top
-  if not flags.FLAGS["verbosity"].present:
+  if not (flags.FLAGS["verbosity"].present or
+          flags.FLAGS.get_flag_value("library_logs", False)):
     logging.set_verbosity(logging.WARNING)
   cpu_defaults.configure()
   if len(argv) < 2:

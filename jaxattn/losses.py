@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxattn.configlib import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class LossSpec:
@@ -50,7 +52,7 @@ class LossSpec:
                                  self.label_smoothing, targets)
     missing = [k for k, _ in self.output_weights if k not in model_output]
     if missing or self.metric_output not in model_output:
-      raise ValueError(
+      raise ConfigError(
           f"The model returns outputs {sorted(model_output)}; "
           f"config.loss_weights names {[k for k, _ in self.output_weights]} "
           f"and config.metric_output is {self.metric_output!r}.")

@@ -19,6 +19,13 @@ overrides that (jaxattn/cpu_defaults.py).
 
 Rerunning a training command on the same workdir resumes it; a finished run
 is not trained again.
+
+The console shows jaxattn's own log lines (what was chosen, progress with
+ETA, one line per epoch and evaluation, where the results are) and everyone's
+warnings; --library_logs adds the libraries' INFO lines (Orbax, CLU, JAX).
+Bad input (a config value, a dataset, a locked workdir, ...) ends the run
+with "error: MESSAGE" and exit status 1; --traceback shows where it was
+raised.
 """
 
 import sys
@@ -26,7 +33,7 @@ import sys
 from absl import app, flags, logging
 
 import jax
-from jaxattn import configlib
+from jaxattn import configlib, console
 
 FLAGS = flags.FLAGS
 
@@ -96,7 +103,7 @@ def run() -> None:
   sys.argv = configlib.expand_bundled_config(sys.argv)
   jax.config.config_with_absl()
   define_flags()
-  app.run(main)
+  console.run(main)  # app.run, with --library_logs and --traceback.
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from jaxattn.configlib import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class MixSpec:
@@ -39,7 +41,7 @@ class MixSpec:
                label_smoothing=float(config.label_smoothing))
     if spec.mixup_alpha < 0 or spec.cutmix_alpha < 0 or not (
         0 <= spec.prob <= 1 and 0 <= spec.switch_prob <= 1):
-      raise ValueError(
+      raise ConfigError(
           f"config.mixup={dict(m)}: alphas must be >= 0 and prob / "
           "switch_prob in [0, 1].")
     return spec

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from jaxattn.configlib import ConfigError
+
 SCHEDULES = ("constant", "warmup_cosine", "piecewise_linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 
@@ -57,8 +59,8 @@ def create_learning_rate_fn(config: ml_collections.ConfigDict,
                                           steps_per_epoch))),
         decay_rate=s.decay_rate, staircase=s.staircase)
   else:
-    raise ValueError(f"Unknown config.schedule.name {s.name!r}; known: "
-                     f"{', '.join(SCHEDULES)}.")
+    raise ConfigError(f"Unknown config.schedule.name {s.name!r}; known: "
+                      f"{', '.join(SCHEDULES)}.")
   if not warmup_steps:
     return main
   warmup = optax.linear_schedule(s.init_lr, s.lr, warmup_steps)
@@ -78,8 +80,8 @@ def check_schedule(s: ml_collections.ConfigDict) -> None:
   written to a workdir.
   """
   if s.name not in SCHEDULES:
-    raise ValueError(f"Unknown config.schedule.name {s.name!r}; known: "
-                     f"{', '.join(SCHEDULES)}.")
+    raise ConfigError(f"Unknown config.schedule.name {s.name!r}; known: "
+                      f"{', '.join(SCHEDULES)}.")
 
   def check(key, value, *, positive=False, what="a learning rate",
             example=1e-3):
@@ -87,7 +89,7 @@ def check_schedule(s: ml_collections.ConfigDict) -> None:
       return
     if math.isfinite(value) and value:
       example = abs(value)  # Most likely a sign typed by mistake.
-    raise ValueError(
+    raise ConfigError(
         f"config.schedule.{key}={value} must be finite and "
         f"{'> 0' if positive else '>= 0'} ({what} of the {s.name!r} "
         f"schedule); pass e.g. --config.schedule.{key}={example}.")
@@ -98,18 +100,18 @@ def check_schedule(s: ml_collections.ConfigDict) -> None:
   if s.name == "piecewise_linear":
     knots = [tuple(k) for k in s.knots]
     if len(knots) < 2 or any(len(k) != 2 for k in knots):
-      raise ValueError(
+      raise ConfigError(
           "config.schedule.knots must be two or more (epoch, lr) pairs; got "
           f"{s.knots}.")
     epochs = [float(e) for e, _ in knots]
     rates = [float(v) for _, v in knots]
     if any(b < a for a, b in zip(epochs, epochs[1:])) or not all(
         math.isfinite(e) and e >= 0 for e in epochs):
-      raise ValueError(
+      raise ConfigError(
           "config.schedule.knots must have finite, non-negative, "
           f"non-decreasing epochs; got {s.knots}.")
     if not all(math.isfinite(v) and v >= 0 for v in rates):
-      raise ValueError(
+      raise ConfigError(
           f"config.schedule.knots={s.knots}: every learning rate must be "
           "finite and >= 0, e.g. knots=((0, 0.0), (2, 0.01), (10, 0.0)) in "
           "the config file.")
@@ -119,7 +121,7 @@ def check_schedule(s: ml_collections.ConfigDict) -> None:
   if s.name == "warmup_cosine":
     check("end_lr", s.end_lr, what="the final learning rate")
     if s.end_lr and not s.lr:  # optax then decays to 0, not to end_lr.
-      raise ValueError(
+      raise ConfigError(
           f"config.schedule.lr=0.0 with end_lr={s.end_lr}: the "
           "'warmup_cosine' schedule decays from its peak lr to end_lr, so "
           "the peak must be > 0; pass e.g. --config.schedule.lr="
@@ -148,7 +150,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   o = config.optimizer
   accum = int(config.get("grad_accum_steps", 1) or 1)
   if accum < 1:
-    raise ValueError(f"config.grad_accum_steps={accum} must be >= 1.")
+    raise ConfigError(f"config.grad_accum_steps={accum} must be >= 1.")
   if accum > 1:  # The optimizer counts updates; the schedule counts steps.
     schedule = learning_rate_fn
     learning_rate_fn = lambda count: schedule(count * accum)
@@ -172,8 +174,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
       opt = optax.chain(optax.add_decayed_weights(o.weight_decay,
                                                   mask=decay_mask), opt)
   else:
-    raise ValueError(f"Unknown config.optimizer.name {o.name!r}; known: "
-                     f"{', '.join(OPTIMIZERS)}.")
+    raise ConfigError(f"Unknown config.optimizer.name {o.name!r}; known: "
+                      f"{', '.join(OPTIMIZERS)}.")
   if config.grad_clip_norm:
     opt = optax.chain(_clip(config.grad_clip_norm, config.grad_clip_mode), opt)
   if config.frozen_params:
@@ -202,8 +204,8 @@ def _clip(max_norm: float, mode: str) -> optax.GradientTransformation:
   if mode == "global":
     return optax.clip_by_global_norm(max_norm)
   if mode != "per_tensor":
-    raise ValueError(f"config.grad_clip_mode must be 'global' or "
-                     f"'per_tensor', not {mode!r}.")
+    raise ConfigError(f"config.grad_clip_mode must be 'global' or "
+                      f"'per_tensor', not {mode!r}.")
 
   def clip_each(updates, state, params=None):
     del params
@@ -232,8 +234,8 @@ def path_matcher(pattern: str, key: str):
   try:
     regex = re.compile(pattern)
   except re.error as e:
-    raise ValueError(f"{key}={pattern!r} is not a valid regular "
-                     f"expression: {e}.") from None
+    raise ConfigError(f"{key}={pattern!r} is not a valid regular "
+                      f"expression: {e}.") from None
   return lambda params: jax.tree.map(lambda path: bool(regex.fullmatch(path)),
                                      param_paths(params))
 

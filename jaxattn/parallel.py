@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from jaxattn.configlib import ConfigError
+
 DATA_AXIS = "data"
 STRATEGIES = ("replicate", "fsdp")
 DEFAULT_RULES = ((".*", "replicate"),)
@@ -58,14 +60,15 @@ def check_rules(rules) -> tuple[tuple[re.Pattern, str], ...]:
   compiled = []
   for rule in rules:
     if len(rule) != 2 or rule[1] not in STRATEGIES:
-      raise ValueError(
+      raise ConfigError(
           f"config.sharding_rules entry {tuple(rule)!r} must be (regex, "
           f"strategy) with strategy one of {STRATEGIES}; e.g. "
           "((\"params/.*\", \"fsdp\"), (\".*\", \"replicate\")).")
     try:
       compiled.append((re.compile(rule[0]), rule[1]))
     except re.error as e:
-      raise ValueError(f"config.sharding_rules regex {rule[0]!r}: {e}") from None
+      raise ConfigError(
+          f"config.sharding_rules regex {rule[0]!r}: {e}") from None
   return tuple(compiled)
 
 
@@ -123,7 +126,7 @@ def check_batch_size(batch_size: int, name: str = "batch_size",
                   "(--jax_num_cpu_devices or XLA_FLAGS); without it jaxattn "
                   "picks a count that divides the batch "
                   "(jaxattn/cpu_layout.py).")
-    raise ValueError(
+    raise ConfigError(
         f"config.{name}={batch_size} must be a positive multiple of the "
         f"number of devices ({devices}); e.g. --config.{name}="
         f"{max(devices, batch_size // devices * devices or devices)}."

@@ -40,6 +40,7 @@ import numpy as np
 from absl import logging
 
 from jaxattn import dispatch
+from jaxattn.errors import BadInputError
 
 METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy",
@@ -47,7 +48,7 @@ METRICS_COLUMNS = ("epoch", "step", "train_loss", "train_accuracy",
                    "epoch_seconds")
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(BadInputError, FloatingPointError):
   """A train loss was NaN or inf; the message names the step and the fix."""
 
 
@@ -256,8 +257,9 @@ class EpochLog:
     images_per_second = (step - self._start_step) * self._batch / self._seconds
     self._writer.write_scalars(step, {"epoch_seconds": self._seconds,
                                       "images_per_second": images_per_second})
-    logging.info("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
-                 self._seconds, images_per_second)
+    # --verbosity=1: the progress line has the rate already.
+    logging.debug("Epoch %d: %.1f s of training (%.0f images/s).", epoch,
+                  self._seconds, images_per_second)
 
   def write_row(self, step: int, epoch: int,
                 val: dict[str, float] | None) -> None:

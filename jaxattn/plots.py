@@ -27,6 +27,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from jaxattn import losses, parallel
+from jaxattn.configlib import ConfigError
 from jaxattn.data import pipeline
 
 CURVES_FILE = "curves.png"
@@ -176,8 +177,8 @@ def reference_curve(config, steps_per_epoch: int) -> ReferenceCurve | None:
     return None
   tags = {tag for _, series in _CURVE_PANELS for tag, _ in series}
   if ref.tag not in tags:
-    raise ValueError(f"config.reference_curve.tag={ref.tag!r} is not a "
-                     f"plotted curve; use one of {sorted(tags)}.")
+    raise ConfigError(f"config.reference_curve.tag={ref.tag!r} is not a "
+                      f"plotted curve; use one of {sorted(tags)}.")
   values = np.asarray(ref.per_epoch, np.float64)
   steps = np.arange(1, len(values) + 1) * steps_per_epoch
   return ReferenceCurve(ref.label or "reference", ref.tag, steps, values)

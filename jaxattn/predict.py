@@ -11,11 +11,10 @@ output is one block per file; ``--json`` prints one JSON list instead
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from absl import app, flags
+from absl import flags
 import jax
 
 
@@ -66,16 +65,15 @@ def main(argv):
   from jaxattn import inference  # pylint: disable=g-import-not-at-top
   inference.start_command(argv, "python -m jaxattn.predict WORKDIR FILE "
                           "[FILE ...] [--top_k=5] [--json]")
-  try:
-    results = predict_files(argv[1], argv[2:], top_k=flags.FLAGS.top_k,
-                            checkpoint=flags.FLAGS.checkpoint)
-  except inference.InputError as e:
-    sys.exit(f"Error: {e}")
+  # Bad input (InputError) ends the command as one line (jaxattn.console).
+  results = predict_files(argv[1], argv[2:], top_k=flags.FLAGS.top_k,
+                          checkpoint=flags.FLAGS.checkpoint)
   print(json.dumps(results, indent=2) if flags.FLAGS.json
         else format_text(results))
 
 
 if __name__ == "__main__":
+  from jaxattn import console  # pylint: disable=g-import-not-at-top
   jax.config.config_with_absl()  # --jax_num_cpu_devices=N etc.
   define_flags()
-  app.run(main)
+  console.run(main)  # app.run, with --library_logs and --traceback.

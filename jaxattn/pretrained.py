@@ -36,6 +36,8 @@ import numpy as np
 from flax import traverse_util
 
 from jaxattn import weights, weights_hub
+from jaxattn.configlib import ConfigError
+from jaxattn.errors import BadInputError
 
 PyTree = Any
 
@@ -45,6 +47,10 @@ CONVERSION_FORMAT = "jaxattn.convert/1"
 _COLLECTIONS = ("params", "batch_stats")
 _FROM_TORCH = ("python -m jaxattn.convert from-torch FILE "
                "--config=configs/NAME.py[:ARGS] --out DIR")
+
+
+class InitFromNotFoundError(BadInputError, FileNotFoundError):
+  """config.init_from names no file, converted directory or weights name."""
 
 
 def _paths(path: str) -> tuple[str, str | None]:
@@ -63,7 +69,7 @@ def check(config: ml_collections.ConfigDict) -> str:
   downloaded and converted here (once; later calls find it cached)."""
   if not config.init_from:
     if config.pretrained_required:
-      raise ValueError(
+      raise ConfigError(
           f"config.model.name={config.model.name!r} trains on top of frozen "
           "pretrained weights, but config.init_from is empty. Pass a name, "
           f"--config.init_from={weights_hub.AUGREG_B8} (downloaded once), or "
@@ -75,16 +81,16 @@ def check(config: ml_collections.ConfigDict) -> str:
   path = weights_hub.resolve(config)
   if os.path.isdir(path):
     if not os.path.isfile(os.path.join(path, VARIABLES_FILE)):
-      raise FileNotFoundError(
+      raise InitFromNotFoundError(
           f"config.init_from={path!r} is a directory without "
           f"{VARIABLES_FILE}. Write one with: {_FROM_TORCH}")
     return path
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise InitFromNotFoundError(
         f"config.init_from={path!r} is not a file or a directory, nor a "
         f"weights name (KIND:NAME; known: {weights_hub.known_names()}).")
   if not path.endswith(".npz"):
-    raise ValueError(
+    raise ConfigError(
         f"config.init_from={path!r}: only .npz files and directories written "
         f"by the converter load directly. Convert PyTorch weights first: "
         f"{_FROM_TORCH}, then pass --config.init_from=DIR.")

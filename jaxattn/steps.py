@@ -26,6 +26,7 @@ from clu import metrics
 from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxattn import mixing
+from jaxattn.configlib import ConfigError
 from jaxattn.losses import LossSpec
 from jaxattn.parallel import DATA_AXIS
 
@@ -201,7 +202,7 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
         in_specs=(P(), P(DATA_AXIS)), out_specs=(P(), P(DATA_AXIS)),
         check_vma=False)
   elif parallel != "jit":
-    raise ValueError(f"config.parallel must be 'jit' or 'pmap', not {parallel!r}.")
+    raise ConfigError(f"config.parallel must be 'jit' or 'pmap', not {parallel!r}.")
   new_state, outputs = update(state, batch)
   step_metrics = TrainMetrics.single_from_model_output(
       learning_rate=learning_rate_fn(state.step), step=state.step + 1,

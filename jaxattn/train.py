@@ -76,11 +76,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
            writer) -> dict[str, Any]:
   config, workdir, total_steps = exp.config, exp.workdir, exp.total_steps
-  logging.info("Devices: %d (%d per process, %d processes); %s: %d examples, "
-               "%d steps/epoch, %d steps in all.", exp.mesh.size,
+  logging.info("Devices: %d (%d per process, %d processes); compute dtype "
+               "%s, batch %d.", exp.mesh.size,
                exp.mesh.size // jax.process_count(), jax.process_count(),
-               config.train_split, exp.num_train_examples,
-               exp.steps_per_epoch, total_steps)
+               config.compute_dtype, config.batch_size)
+  logging.info("Data %s: %s; %d steps/epoch, %d steps in all.",
+               config.dataset, _split_sizes(exp), exp.steps_per_epoch,
+               total_steps)
 
   # --- State: created directly in its sharded layout, or restored ----------
   # The newest intact checkpoint: a damaged one is moved aside (kept).
@@ -99,6 +101,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     if os.path.exists(os.path.join(workdir, RESULTS_FILE)):
       logging.info("Training in %s is already complete (step %d).", workdir,
                    start_step)
+      _log_where_results_are(workdir)
       return _read_results(workdir)
     # Killed after its final checkpoint but before results.json.
     logging.warning("Training in %s is complete (step %d) but has no %s: "
@@ -228,6 +231,7 @@ def _finish(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
     with open(path + ".tmp", "w") as f:
       json.dump(results, f, indent=2)
     os.replace(path + ".tmp", path)
+  _log_where_results_are(workdir)
   return results
 
 
@@ -243,7 +247,7 @@ def _test_state(exp, ckpt, record: periodic.RunRecord, state, step: int):
 
 def _check_test_checkpoint(config: ml_collections.ConfigDict) -> None:
   if config.test_checkpoint not in TEST_CHECKPOINTS:
-    raise ValueError(
+    raise configlib.ConfigError(
         f"config.test_checkpoint={config.test_checkpoint!r} must be one of "
         f"{TEST_CHECKPOINTS}: --config.test_checkpoint=last tests the final "
         "state, =best the best validation checkpoint.")
@@ -256,8 +260,9 @@ def _profiler(config: ml_collections.ConfigDict, workdir: str):
   if count <= 0:
     return None
   if first < 1:
-    raise ValueError(f"config.profile_steps={tuple(config.profile_steps)}: "
-                     "the first traced step must be >= 1, e.g. (10, 5).")
+    raise configlib.ConfigError(
+        f"config.profile_steps={tuple(config.profile_steps)}: the first "
+        "traced step must be >= 1, e.g. (10, 5).")
   return periodic_actions.Profile(
       logdir=workdir, first_profile=first, num_profile_steps=count,
       profile_duration_ms=None, every_steps=None, every_secs=None)
@@ -315,7 +320,7 @@ def check_same_run(workdir: str, config: ml_collections.ConfigDict) -> None:
       differences.append(f"config.{key}: {old_value!r} in {path}, "
                          f"{new_value!r} now")
   if differences:
-    raise ValueError(
+    raise configlib.ConfigError(
         f"{workdir} holds a run with another config; resuming (or "
         "rerunning) it with this one would change what it trains:\n  " +
         "\n  ".join(differences) + "\nResume it with its own config (drop "
@@ -351,3 +356,30 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     else:
       out[f"{prefix}{k}"] = v
   return out
+
+
+def _split_sizes(exp: experiment.Experiment) -> str:
+  """"train 1,294 examples (train[:90%]), val 144 (...), test 359 (test)"."""
+  parts = []
+  for role in ("train", "val", "test"):
+    split = exp.config[f"{role}_split"]
+    if not split:
+      continue
+    try:
+      count = (exp.num_train_examples if role == "train"
+               else exp.source.num_examples(split))
+    except ValueError:  # DatasetError; the run checks its own splits.
+      continue
+    examples = " examples" if role == "train" else ""
+    parts.append(f"{role} {count:,}{examples} ({split})")
+  return ", ".join(parts)
+
+
+def _log_where_results_are(workdir: str) -> None:
+  """The last line of a run: what it wrote, and where."""
+  names = (RESULTS_FILE, periodic.METRICS_FILE, plots.CURVES_FILE,
+           plots.CONFUSION_FILE, checkpointing.LATEST_DIR + "/",
+           checkpointing.BEST_DIR + "/")
+  found = [n for n in names if os.path.exists(os.path.join(workdir, n))]
+  logging.info("Results in %s: %s (TensorBoard: tensorboard --logdir %s).",
+               workdir, ", ".join(found), workdir)

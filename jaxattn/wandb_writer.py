@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 from clu.metric_writers import interface
 
+from jaxattn.configlib import ConfigError
+
 
 class WandbWriter(interface.MetricWriter):
   """Scalars, hyperparameters and images to a wandb run."""
@@ -30,8 +32,8 @@ class WandbWriter(interface.MetricWriter):
           f"config.wandb_project={project!r} needs wandb: pip install "
           "'jaxattn[wandb]' (or set --config.wandb_project='').") from None
     if mode not in ("online", "offline", "disabled"):
-      raise ValueError(f"config.wandb_mode={mode!r} must be 'online', "
-                       "'offline' or 'disabled'.")
+      raise ConfigError(f"config.wandb_mode={mode!r} must be 'online', "
+                        "'offline' or 'disabled'.")
     self._wandb = wandb
     run_id = hashlib.sha1(os.path.abspath(workdir).encode()).hexdigest()[:16]
     self._run = wandb.init(project=project, dir=workdir, mode=mode,

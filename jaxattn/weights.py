@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from jaxattn.errors import BadInputError
+
 # A resize hook: (stored array, the model's shape) -> array, ideally of that
 # shape. One that cannot resize raises ValueError (its message joins the
 # report) or returns the array unchanged (the shape check reports it).
 Resizer = Callable[[np.ndarray, tuple[int, ...]], np.ndarray]
 
 
-class WeightMismatchError(ValueError):
+class WeightMismatchError(BadInputError, ValueError):
   """Stored tensors that do not fit the model; ``mismatch`` says how."""
 
   def __init__(self, message: str, mismatch: Mismatch):

@@ -40,6 +40,8 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxattn.errors import BadInputError
+
 CACHE_ENV = "JAXATTN_WEIGHTS_CACHE"
 URL_ENV = "JAXATTN_WEIGHTS_URL"
 DEFAULT_CACHE = os.path.join("~", ".cache", "jaxattn", "weights")
@@ -55,7 +57,7 @@ AUGREG_B8 = ("augreg:B_8-i21k-300ep-lr_0.001-aug_medium2-wd_0.1-do_0.0-sd_0.0"
 Shapes = dict[str, tuple[int, ...]]
 
 
-class WeightsError(OSError):
+class WeightsError(BadInputError, OSError):
   """A name that cannot be resolved, downloaded or trusted; says the fix."""
 
 

@@ -33,10 +33,12 @@ from typing import Any
 
 import jax
 
+from jaxattn.errors import BadInputError
+
 LOCK_FILE = ".lock"
 
 
-class WorkdirLockedError(RuntimeError):
+class WorkdirLockedError(BadInputError, RuntimeError):
   """Another run holds the workdir; the message names it and the fix."""
 
 

@@ -71,6 +71,48 @@ def test_unknown_config_key_is_a_short_usage_error(tmp_path, command,
   assert not workdir.exists()
 
 
+def test_bad_input_during_the_run_is_one_line_traceback_on_request(tmp_path):
+  """A locked workdir (any errors.BadInputError raised once the run has
+  started) ended in a 20-line traceback whose last line was the message."""
+  from jaxattn import workdir_lock  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "run"
+  args = [SMOKE, f"--workdir={workdir}"]
+  with workdir_lock.WorkdirLock(str(workdir)):  # Another run holds it.
+    proc = run_main(*args, check=False, timeout=300)
+    traced = run_main(*args, "--traceback", check=False, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  [line] = _stderr_lines(proc)
+  assert line.startswith(f"error: {workdir} is in use by another training "
+                         "run (")
+  assert traced.returncode == 1
+  assert "Traceback (most recent call last)" in traced.stderr
+  assert ("jaxattn.workdir_lock.WorkdirLockedError: "
+          f"{workdir} is in use") in traced.stderr
+
+
+def test_predict_names_a_missing_workdir_in_one_line(tmp_path):
+  proc = subprocess.run(
+      [sys.executable, "-m", "jaxattn.predict", str(tmp_path / "nowhere"),
+       "x.png"], cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1
+  assert _stderr_lines(proc) == [
+      f"error: Workdir {tmp_path / 'nowhere'} does not exist. Pass the "
+      "--workdir of a training run (python main.py --config=... "
+      "--workdir=DIR)."]
+
+
+def test_converter_raises_bad_input_with_traceback_flag(tmp_path, capsys):
+  from jaxattn import errors  # pylint: disable=g-import-not-at-top
+  from jaxattn.convert import __main__ as cli  # pylint: disable=g-import-not-at-top
+  argv = ["to-torch", str(tmp_path / "nowhere"), "--out",
+          str(tmp_path / "x.safetensors")]
+  assert cli.main(argv) == 2
+  [line] = capsys.readouterr().err.splitlines()
+  assert line.startswith("error: ")
+  with pytest.raises(errors.BadInputError):
+    cli.main([*argv, "--traceback"])
+
+
 def test_unknown_config_key_through_the_loader():
   """The converter and the tests load configs with the same message."""
   with pytest.raises(configlib.ConfigError,

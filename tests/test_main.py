@@ -4,6 +4,7 @@ import glob
 import json
 import os
 import pathlib
+import re
 import signal
 import subprocess
 import sys
@@ -51,17 +52,57 @@ _SMOKE_WORKDIR_GROUP = pytest.mark.xdist_group("main_smoke_workdir")
 
 
 @pytest.fixture(scope="module")
-def smoke_workdir(tmp_path_factory):
+def smoke_run(tmp_path_factory):
+  """(workdir, the console output) of one quickstart smoke run."""
   def make():
     workdir = tmp_path_factory.mktemp("quickstart_smoke")
-    run_main("--config=configs/quickstart.py:smoke", f"--workdir={workdir}")
-    return workdir
-  return once_per_process("main/smoke_workdir", make)
+    proc = run_main("--config=configs/quickstart.py:smoke",
+                    f"--workdir={workdir}")
+    return workdir, proc.stderr
+  return once_per_process("main/smoke_run", make)
+
+
+@pytest.fixture(scope="module")
+def smoke_workdir(smoke_run):
+  return smoke_run[0]
 
 
 @_SMOKE_WORKDIR_GROUP
 def test_quickstart_smoke_variant_runs_through_main(smoke_workdir):
   _check_finished_run(smoke_workdir)
+
+
+@_SMOKE_WORKDIR_GROUP
+def test_console_shows_the_run_not_the_libraries(smoke_run):
+  """What was chosen, progress with ETA, the epoch's validation, where the
+  results are; no library INFO lines (Orbax wrote ~1,800 of the
+  quickstart's 1,993 lines)."""
+  workdir, console = smoke_run
+  lines = console.splitlines()
+  info_from = {line.split("]")[0].split()[-1].split(":")[0]
+               for line in lines if re.match(r"I\d{4} ", line)}
+  assert info_from <= {"cpu_defaults.py", "compilation_cache.py", "main.py",
+                       "cpu_layout.py", "train.py", "periodic.py",
+                       "plots.py"}, info_from
+  assert len(lines) < 30, console
+  assert "Devices: " in console and "compute dtype float32" in console
+  assert ("Data offline:digits: train 1,294 examples (train[:90%]), val 144 "
+          "(train[90%:]), test 359 (test); 20 steps/epoch, 20 steps in "
+          "all.") in console
+  assert re.search(r"epoch 1/1 step 20/20 \(100%\) \| loss .* ETA 0s",
+                   console)
+  assert "Epoch 1, step 20: val {" in console
+  assert (f"Results in {workdir}: results.json, metrics.csv, curves.png, "
+          "confusion_matrix.png, checkpoints/, checkpoints_best/") in lines[-1]
+
+
+@_SMOKE_WORKDIR_GROUP
+def test_library_logs_brings_back_orbax_info_lines(smoke_workdir):
+  proc = run_main("--mode=eval", f"--workdir={smoke_workdir}",
+                  "--checkpoint=latest", "--split=test[:64]",
+                  "--library_logs")
+  assert re.search(r"^I\d{4} .* checkpoint_manager\.py:\d+\]", proc.stderr,
+                   re.M), proc.stderr[-3000:]
 
 
 @_SMOKE_WORKDIR_GROUP

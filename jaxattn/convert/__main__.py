@@ -17,6 +17,11 @@ images -> logits), variables included, as a serialized jax.export program
 (CPU and CUDA), and FILE.json describing its input, classes and
 preprocessing; jax.export.deserialize(bytearray(open(FILE, 'rb').read()))
 .call(images) runs it with no jaxattn.
+
+Bad input (a missing file, a checkpoint or layout that does not fit) ends
+with "error: MESSAGE" and exit status 2, as argparse's usage errors;
+--traceback shows where it was raised. --library_logs shows the libraries'
+log lines (Orbax's notices), which are hidden by default.
 """
 
 from __future__ import annotations
@@ -25,7 +30,10 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Before TF is imported.
+from jaxattn import console, errors
+
+# Before TensorFlow is imported: no INFO lines from its C++ side.
+_QUIETED_TENSORFLOW = console.quiet_tensorflow()
 
 from jaxattn.convert import rules
 from jaxattn.convert.plan import ConversionError
@@ -36,8 +44,15 @@ def _parser() -> argparse.ArgumentParser:
       prog="python -m jaxattn.convert", description=__doc__.split("\n\n")[0],
       formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=__doc__.split("\n\n", 1)[1])
+  # Every command takes these (after its name, like its other options).
+  common = argparse.ArgumentParser(add_help=False)
+  common.add_argument("--traceback", action="store_true",
+                      help=console.TRACEBACK_HELP)
+  common.add_argument("--library_logs", action="store_true",
+                      help=console.LIBRARY_LOGS_HELP)
   sub = parser.add_subparsers(dest="command", required=True)
-  to = sub.add_parser("to-torch", help="a training run -> a PyTorch file")
+  add_parser = lambda *a, **k: sub.add_parser(*a, parents=[common], **k)
+  to = add_parser("to-torch", help="a training run -> a PyTorch file")
   to.add_argument("path", help="workdir, or WORKDIR/checkpoints[_best]/STEP")
   to.add_argument("--out", required=True,
                   help="FILE.safetensors (or .pt/.pth/.bin, .npz)")
@@ -48,8 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                   help="key layout (default: the model's; see `layouts`)")
   to.add_argument("--overwrite", action="store_true",
                   help="replace --out if it exists")
-  fr = sub.add_parser("from-torch",
-                      help="a PyTorch / vit_jax file -> Flax variables")
+  fr = add_parser("from-torch",
+                  help="a PyTorch / vit_jax file -> Flax variables")
   fr.add_argument("file", help=".safetensors, .pt/.pth/.bin or .npz")
   fr.add_argument("--config", required=True,
                   help="configs/NAME.py[:ARGS], the run's config")
@@ -60,10 +75,10 @@ def _parser() -> argparse.ArgumentParser:
                        "vit_jax)")
   fr.add_argument("--overwrite", action="store_true",
                   help="replace variables.npz/conversion.json in --out")
-  ls = sub.add_parser("layouts", help="list the layouts of each model")
+  ls = add_parser("layouts", help="list the layouts of each model")
   ls.add_argument("model", nargs="?", default=None)
-  ex = sub.add_parser("export",
-                      help="a training run -> a jax.export file (+ FILE.json)")
+  ex = add_parser("export",
+                  help="a training run -> a jax.export file (+ FILE.json)")
   ex.add_argument("path", help="workdir, or WORKDIR/checkpoints[_best]/STEP")
   ex.add_argument("--out", required=True,
                   help="the file to write, e.g. model.jaxexport; its "
@@ -201,9 +216,16 @@ def _from_torch(args, overrides) -> None:
 
 def main(argv: list[str] | None = None) -> int:
   from absl import logging  # pylint: disable=g-import-not-at-top
-  logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices.
   parser = _parser()
   args, extra = parser.parse_known_args(argv)
+  if args.library_logs:
+    if _QUIETED_TENSORFLOW:
+      console.unquiet_tensorflow()
+    logging.use_absl_handler()  # No app.run here to install it.
+    logging.set_verbosity(logging.INFO)
+  else:
+    logging.set_verbosity(logging.ERROR)  # Orbax's read-only notices.
+  console.configure_logging(library_logs=args.library_logs)
   overrides = {}
   if args.command == "from-torch":
     overrides = _config_overrides(extra, parser)
@@ -218,8 +240,10 @@ def main(argv: list[str] | None = None) -> int:
       _export(args)
     else:
       _from_torch(args, overrides)
-  except ConversionError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except errors.BadInputError as e:  # ConversionError, CheckpointError, ...
+    if args.traceback:
+      raise
+    console.report(e)
     return 2
   return 0
 

@@ -18,6 +18,7 @@ import numpy as np
 from jaxattn import weights
 from jaxattn.convert import rules as rules_lib
 from jaxattn.convert.rules import FlaxKey, Layout
+from jaxattn.errors import BadInputError
 from jaxattn.weights import key_listing, natural_key
 
 DATA_PARALLEL_PREFIX = "module."
@@ -27,7 +28,7 @@ CLASSIFIER_KEYS = (r"(fc(\.\d)?|output_layer|mlp_head\.3|(fusion\.)?\w+_logits|1
                    r"\.(weight|bias)")
 
 
-class ConversionError(ValueError):
+class ConversionError(BadInputError, ValueError):
   """A checkpoint that cannot be converted, with what to do about it."""
 
 

@@ -48,6 +48,7 @@ from jaxattn.convert.tensors import (
     CONV, COPY, DENSE, DENSE_AS_CONV1X1, HEADS_TO_DENSE, MAP_LAST_TO_FIRST,
     NUM_BATCHES_TRACKED, QKV_BIAS, QKV_KERNEL, TOKENS_LAST_TO_FIRST,
     TensorRule)
+from jaxattn.errors import BadInputError
 
 FlaxKey = tuple[str, ...]  # (collection, *module path, leaf)
 
@@ -388,8 +389,8 @@ LAYOUTS: dict[str, dict[str, Layout]] = {
 }
 
 
-class UnknownLayoutError(ValueError):
-  pass
+class UnknownLayoutError(BadInputError, ValueError):
+  """A layout name the model has no rules for; the message lists them."""
 
 
 def describe_layouts(model: str) -> str:

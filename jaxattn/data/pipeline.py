@@ -31,6 +31,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from jaxattn.configlib import ConfigError
 from jaxattn.data import augment
 from jaxattn.data.sources import DataSource, DatasetError
 
@@ -129,7 +130,7 @@ def preprocess_for_eval(image: tf.Tensor,
   elif 0 < fraction <= 1:
     image = _resize_and_centre_crop(image, size, fraction)
   else:
-    raise ValueError(
+    raise ConfigError(
         f"config.eval_crop_fraction={fraction} must be 0 (resize to "
         "config.image_size) or in (0, 1] (e.g. 0.875: resize to cover "
         "image_size / 0.875, then centre-crop image_size).")
@@ -297,8 +298,8 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
   global_order = (shard.process_count > 1 and not holds_features and
                   config.get("input_order", "global") == "global")
   if config.get("input_order", "global") not in ("global", "per_process"):
-    raise ValueError(f"config.input_order={config.input_order!r} must be "
-                     "'global' or 'per_process'.")
+    raise ConfigError(f"config.input_order={config.input_order!r} must be "
+                      "'global' or 'per_process'.")
   if global_order:
     # Decoding is deferred to the rows this process keeps, unless the
     # decoded split is cached in memory anyway.

@@ -36,6 +36,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from jaxattn.errors import BadInputError
+
 OFFLINE_DATASETS = ("digits",)
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
@@ -47,7 +49,7 @@ _OFFLINE_HINT = (
     "the dataset on a connected machine and point --config.data_dir at it.")
 
 
-class DatasetError(ValueError):
+class DatasetError(BadInputError, ValueError):
   """A dataset name, split or file layout the project cannot use."""
 
 

@@ -39,6 +39,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import layers
 
 Array = jax.Array
@@ -212,12 +213,12 @@ class SqueezeExcitation(nn.Module):
     c = x.shape[-1]
     if self.hidden is None:
       if self.reduction < 1:
-        raise ValueError(f"reduction must be >= 1, got {self.reduction}.")
+        raise ConfigError(f"reduction must be >= 1, got {self.reduction}.")
       hidden = c // self.reduction
     else:
       hidden = self.hidden
     if hidden < 0:
-      raise ValueError(f"hidden must be >= 0, got {hidden}.")
+      raise ConfigError(f"hidden must be >= 0, got {hidden}.")
 
     def fc(features, name):
       return nn.Dense(features, use_bias=False, dtype=self.dtype,
@@ -312,7 +313,7 @@ class MultiHeadSelfAttention(nn.Module):
           f"features), got shape {tuple(x.shape)}.")
     b, n, d = x.shape
     if self.num_heads < 1 or d % self.num_heads:
-      raise ValueError(
+      raise ConfigError(
           f"Feature dimension {d} is not divisible by num_heads="
           f"{self.num_heads}; pick num_heads among the divisors of {d}.")
     head_dim = d // self.num_heads

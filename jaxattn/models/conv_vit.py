@@ -72,6 +72,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import fast_ops, layers
 from jaxattn.models.registry import register
 
@@ -427,7 +428,7 @@ class ConvViT(nn.Module):
     layers.check_images(images, self.patch_size)
     d, hc = self.hidden_dim, self.head_channels
     if d % hc:
-      raise ValueError(
+      raise ConfigError(
           f"hidden_dim={d} is not a multiple of head_channels={hc}; the "
           f"seed splits the channels into hidden_dim // head_channels heads.")
     embedding = Embedding(d, self.patch_size, self.dtype, name="embedding")

@@ -80,6 +80,7 @@ import ml_collections
 import numpy as np
 
 from jaxattn import losses, weights
+from jaxattn.configlib import ConfigError
 from jaxattn.models import layers
 from jaxattn.models.interface import INPUT_FEATURES, ModelInterface
 from jaxattn.models.registry import register
@@ -235,8 +236,8 @@ class ViTBackbone(nn.Module):
     del train  # No dropout, no batch statistics.
     layers.check_images(images, self.patch_size)
     if self.hidden_dim % self.num_heads:
-      raise ValueError(f"hidden_dim={self.hidden_dim} is not a multiple of "
-                       f"num_heads={self.num_heads}.")
+      raise ConfigError(f"hidden_dim={self.hidden_dim} is not a multiple of "
+                        f"num_heads={self.num_heads}.")
     p, d = self.patch_size, self.hidden_dim
     x = nn.Conv(d, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 param_dtype=jnp.float32, name="embedding")(images)
@@ -397,8 +398,8 @@ class BottleneckRefinement(nn.Module):
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     if c % self.groups:
-      raise ValueError(f"{c} channels are not divisible into groups="
-                       f"{self.groups}.")
+      raise ConfigError(f"{c} channels are not divisible into groups="
+                        f"{self.groups}.")
     conv = lambda features, k, name, groups=1: nn.Conv(
         features, (k,), padding="SAME", feature_group_count=groups,
         dtype=self.dtype, param_dtype=jnp.float32, kernel_init=_he_normal,
@@ -434,7 +435,7 @@ class SameConv1D(nn.Module):
   def __call__(self, x: Array) -> Array:
     length, channels = x.shape[-2], x.shape[-1]
     if self.groups not in (1, channels) or self.features % self.groups:
-      raise ValueError(
+      raise ConfigError(
           f"SameConv1D supports groups=1 or depthwise groups={channels} with "
           f"features a multiple of it; got groups={self.groups}, features="
           f"{self.features}.")
@@ -504,14 +505,14 @@ class _HybridInterface(ModelInterface):
     if not config.cache_backbone_features:
       return
     if not config.model.get("freeze_backbone", True):
-      raise ValueError(
+      raise ConfigError(
           "config.cache_backbone_features needs a frozen backbone, but "
           "config.model.freeze_backbone=False; freeze it or set "
           "--config.cache_backbone_features=False.")
     aug = config.augment
     if (aug.random_resized_crop or aug.flip or aug.rand_augment_ops or
         any(aug.color_jitter) or aug.random_erasing):
-      raise ValueError(
+      raise ConfigError(
           "config.cache_backbone_features caches the backbone's outputs of "
           "unaugmented images, but this config augments them (config.augment)"
           ": turn the augmentations off or set "
@@ -617,8 +618,8 @@ class HybridFusionHead(nn.Module):
       raise ValueError(f"Expected backbone logits of shape (batch, {IMAGENET_CLASSES})"
                        f", got shape {tuple(logits.shape)}.")
     if self.refinement not in REFINEMENTS:
-      raise ValueError(f"Unknown refinement {self.refinement!r}; known: "
-                       f"{', '.join(REFINEMENTS)}.")
+      raise ConfigError(f"Unknown refinement {self.refinement!r}; known: "
+                        f"{', '.join(REFINEMENTS)}.")
     logits = logits.astype(self.dtype)
     z = self._attention_module_1(logits, train)
     if self.refinement == "bottleneck":

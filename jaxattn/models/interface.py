@@ -20,6 +20,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxattn import losses, weights
+from jaxattn.configlib import ConfigError
 
 PyTree = Any
 INPUT_IMAGES = "images"
@@ -42,7 +43,7 @@ class ModelInterface:
   def check(self, config: ml_collections.ConfigDict) -> None:
     """Raises ValueError for config values this model cannot train with."""
     if config.cache_backbone_features and not self.feature_method:
-      raise ValueError(
+      raise ConfigError(
           "config.cache_backbone_features needs a frozen backbone (seed "
           f"000's model 'hybrid'); model {config.model.name!r} has none. Set "
           "--config.cache_backbone_features=False.")

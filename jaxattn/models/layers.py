@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import fast_ops
 
 Array = jax.Array
@@ -196,7 +197,7 @@ def check_images(images: Array, patch_size: int) -> None:
         f"got shape {tuple(images.shape)}.")
   height, width = images.shape[1:3]
   if height % patch_size or width % patch_size:
-    raise ValueError(
+    raise ConfigError(
         f"Image size {height}x{width} is not divisible by patch_size="
         f"{patch_size}; the patch convolution would silently drop the "
         f"remainder. Resize or crop the images to a multiple of {patch_size} "
@@ -215,9 +216,9 @@ def drop_path_rates(drop_path_rate: float, depth: int) -> tuple[float, ...]:
   of ``depth`` drops with ``drop_path_rate * i / (depth - 1)`` (the first
   block never, the last with ``drop_path_rate``; one block: 0)."""
   if not 0.0 <= drop_path_rate <= 1.0:
-    raise ValueError(f"drop_path_rate={drop_path_rate} must be in [0, 1] "
-                     "(the last block's probability of skipping a residual "
-                     "branch).")
+    raise ConfigError(f"drop_path_rate={drop_path_rate} must be in [0, 1] "
+                      "(the last block's probability of skipping a residual "
+                      "branch).")
   if depth <= 1:
     return (0.0,) * depth
   return tuple(drop_path_rate * i / (depth - 1) for i in range(depth))

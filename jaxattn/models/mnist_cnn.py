@@ -78,6 +78,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import layers
 from jaxattn.models.attention_blocks import SelfAttention2D, SqueezeExcitation
 from jaxattn.models.registry import register
@@ -114,7 +115,7 @@ class AttentionCNN(nn.Module):
   @nn.compact
   def __call__(self, images: Array, *, train: bool = False) -> Array:
     if self.block not in _BLOCKS:
-      raise ValueError(
+      raise ConfigError(
           f"Unknown block {self.block!r}; expected one of {list(_BLOCKS)}.")
     layers.check_images(images, 1)
     x = images.astype(self.dtype)

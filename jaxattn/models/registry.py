@@ -12,6 +12,7 @@ from typing import Any
 
 import flax.linen as nn
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models.interface import DEFAULT, ModelInterface
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {}
@@ -39,7 +40,7 @@ def get_model_class(name: str) -> Callable[..., nn.Module]:
   try:
     return _MODELS[name]
   except KeyError:
-    raise ValueError(
+    raise ConfigError(
         f"Unknown model {name!r}. Known models: {', '.join(known_models())}. "
         "Set config.model.name to one of them.") from None
 
@@ -56,6 +57,6 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
   unknown = sorted(set(kwargs) - set(fields) - {"parent", "name"})
   if unknown:
     valid = sorted(k for k in fields if k not in ("parent", "name"))
-    raise ValueError(
+    raise ConfigError(
         f"Model {name!r} has no option(s) {unknown}. Valid options: {valid}.")
   return module_cls(**kwargs)

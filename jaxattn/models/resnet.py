@@ -73,6 +73,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import fast_ops, layers
 from jaxattn.models.attention_blocks import GSoP
 from jaxattn.models.interface import ModelInterface
@@ -195,7 +196,7 @@ def _attention(kind: str, planes: int, x: Array, train: bool, dtype: Any) -> Arr
                 kernel_init=conv_kernel_init, name="gsop")(x, train=train)
   if kind == "none":
     return x
-  raise ValueError(f"Unknown attention {kind!r}; valid: {', '.join(ATTENTIONS)}.")
+  raise ConfigError(f"Unknown attention {kind!r}; valid: {', '.join(ATTENTIONS)}.")
 
 
 class _Block(nn.Module):
@@ -256,12 +257,12 @@ class Bottleneck(_Block):
 
 def _check_choice(what: str, value: str, valid: Sequence[str]) -> None:
   if value not in valid:
-    raise ValueError(f"Unknown {what} {value!r}; valid: {', '.join(valid)}.")
+    raise ConfigError(f"Unknown {what} {value!r}; valid: {', '.join(valid)}.")
 
 
 def _check_strides(stage_sizes: Sequence[int], stage_strides: Sequence[int]) -> None:
   if len(stage_strides) < len(stage_sizes):
-    raise ValueError(
+    raise ConfigError(
         f"stage_strides={tuple(stage_strides)} gives fewer strides than the "
         f"{len(stage_sizes)} stages of stage_sizes={tuple(stage_sizes)}.")
 
@@ -346,7 +347,7 @@ _RESNET_INTERFACE = ModelInterface(twin_needs_image_size=False)
 
 def _check_depth(model: str, depth: int) -> None:
   if depth not in DEPTHS:
-    raise ValueError(
+    raise ConfigError(
         f"Unsupported depth {depth} for {model!r}; valid depths: "
         f"{', '.join(map(str, DEPTHS))}.")
 

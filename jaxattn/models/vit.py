@@ -50,6 +50,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxattn.configlib import ConfigError
 from jaxattn.models import fast_ops, layers
 from jaxattn.models.registry import register
 
@@ -104,7 +105,7 @@ class MultiHeadSelfAttention(nn.Module):
   def __call__(self, x: Array) -> Array:
     b, n, d = x.shape
     if d % self.num_heads:
-      raise ValueError(
+      raise ConfigError(
           f"hidden_dim={d} is not a multiple of num_heads={self.num_heads}.")
     head_dim = d // self.num_heads
 
