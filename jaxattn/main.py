@@ -63,8 +63,11 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and TF hides GPUs before use.
   # pylint: disable=g-import-not-at-top
-  from jaxattn import (compilation_cache, cpu_defaults, distributed, evaluate,
-                       train)
+  from jaxattn import compilation_cache, cpu_defaults, data, distributed
+  try:  # Both read data with tf.data: TensorFlow comes with the data extra.
+    from jaxattn import evaluate, train
+  except data.MissingDataExtra as e:
+    sys.exit(f"Error: {e}")
   # pylint: enable=g-import-not-at-top
 
   cpu_defaults.configure()  # CPU-only host: a JAX device per core.

@@ -7,8 +7,9 @@ Only the input pipeline needs TensorFlow and TFDS, which come with the
   (training and evaluation input) and ``augment`` import them from
   ``tf_import``, the one place that does, and that raises
   :class:`MissingDataExtra` naming the extra when they are not installed;
-* ``image_files`` (image files preprocessed as evaluation does, with PIL and
-  JAX) needs neither.
+* ``metadata`` (a dataset's classes and image shape without reading it) and
+  ``image_files`` (image files preprocessed as evaluation does, with PIL and
+  JAX) need neither.
 
 Everything else (models, steps, ``Experiment`` on metadata, bench, summary,
 ``jaxattn.load``, predict, explain, the converter, export) runs without
@@ -22,7 +23,8 @@ import dataclasses
 import importlib
 
 EXTRA = "data"
-_LAZY_MODULES = ("augment", "image_files", "pipeline", "sources", "tf_import")
+_LAZY_MODULES = ("augment", "image_files", "metadata", "pipeline", "sources",
+                 "tf_import")
 
 
 class DatasetError(ValueError):
