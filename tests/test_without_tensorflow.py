@@ -1,9 +1,10 @@
 """Without the data extra (no TensorFlow, TFDS or TensorBoard) everything but
 the input pipeline runs, and the pipeline says which extra it needs.
 
-The entry points run in subprocesses whose Python cannot import those
-packages (tests/without_tensorflow/sitecustomize.py), started together; the
-run they load was trained here, with TensorFlow.
+The entry points run in subprocesses, started together, whose Python finds
+only what ``pip install -e ".[torch]"`` installs
+(tests/without_tensorflow/sitecustomize.py); the run they load was trained
+here, with TensorFlow.
 """
 
 import json
