@@ -5,7 +5,7 @@ __all__ = ["load"]
 
 def __getattr__(name):
   # Lazy: `import jaxattn.torch_models` (or .models) should not pay for
-  # TensorFlow and the trainer, which `jaxattn.load` needs.
+  # Orbax and the Experiment, which `jaxattn.load` needs.
   if name == "load":
     from jaxattn.api import load  # pylint: disable=g-import-not-at-top
     return load

@@ -9,6 +9,11 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+
+# Evaluation reads its split with tf.data: without TensorFlow (the data
+# extra) this import is the error that names the extra, before clu's
+# writer, which imports TensorFlow too.
+from jaxattn.data import tf_import  # pylint: disable=unused-import,g-bad-import-order
 from clu import metric_writers
 
 from jaxattn import checkpointing, experiment, plots

@@ -18,6 +18,11 @@ evaluation: every configured split is checked), ``"train"`` (only the train
 split: the input-pipeline benchmark), ``"metadata"`` (classes and shapes only,
 nothing downloaded: summary, bench, the converter) or ``"none"`` (a workdir's
 saved config is already resolved: ``Experiment.for_workdir``).
+
+Only reading data needs TensorFlow (the ``data`` extra): ``"metadata"`` and
+``"none"`` experiments, their models, states, steps and synthetic batches,
+run without it. The tf.data modules are reached as ``data_lib.sources`` and
+``data_lib.pipeline``, imported on first use (``jaxattn/data/__init__.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from absl import logging
 
 from jaxattn import (checkpointing, configlib, cpu_layout, dispatch, mixing,
                      optim, parallel, pretrained, steps)
-from jaxattn.data import pipeline, sources
+from jaxattn import data as data_lib
 from jaxattn.models import create_model, get_interface
 from jaxattn.models import interface as interface_lib
 
@@ -123,15 +128,15 @@ class Experiment:
                                        self.abstract_state)
 
   @functools.cached_property
-  def shard(self) -> pipeline.ProcessShard:
+  def shard(self) -> data_lib.ProcessShard:
     """This process's rows of each training batch."""
-    return pipeline.ProcessShard(
+    return data_lib.ProcessShard(
         jax.process_index(), jax.process_count(),
         parallel.check_batch_size(self.config.batch_size, mesh=self.mesh))
 
   @functools.cached_property
-  def eval_shard(self) -> pipeline.ProcessShard:
-    return pipeline.ProcessShard(
+  def eval_shard(self) -> data_lib.ProcessShard:
+    return data_lib.ProcessShard(
         jax.process_index(), jax.process_count(),
         parallel.check_batch_size(self.config.eval_batch_size,
                                   "eval_batch_size", mesh=self.mesh))
@@ -143,7 +148,8 @@ class Experiment:
     return cls(checkpointing.load_config(workdir), data="none",
                workdir=workdir)
 
-  def with_features(self, source: sources.DataSource | None) -> "Experiment":
+  def with_features(self, source: data_lib.sources.DataSource | None
+                    ) -> "Experiment":
     """The same experiment fed the frozen part's outputs (``source``: the
     feature cache) instead of images: its steps call the model interface's
     ``cached_features_method``. Same state, parameters and shardings."""
@@ -295,21 +301,21 @@ class Experiment:
   # --------------------------------------------------------------------------
   def train_dataset(self, start_step: int = 0):
     """Training batches from ``start_step`` on, at its exact position."""
-    return pipeline.create_train_dataset(
+    return data_lib.pipeline.create_train_dataset(
         self.source, self.config, shard=self.shard,
         steps_per_epoch=self.steps_per_epoch, num_epochs=self.num_epochs,
         start_step=start_step, input_kind=self.input_kind)
 
   def eval_dataset(self, split: str):
     """(dataset, num_batches): every example of `split` once, padded."""
-    return pipeline.create_eval_dataset(self.source, split, self.config,
-                                        shard=self.eval_shard,
-                                        input_kind=self.input_kind)
+    return data_lib.pipeline.create_eval_dataset(
+        self.source, split, self.config, shard=self.eval_shard,
+        input_kind=self.input_kind)
 
   def evaluate(self, state: steps.TrainState, split: str) -> dict[str, float]:
     """Metrics over every example of `split` exactly once."""
     ds, num_batches = self.eval_dataset(split)
-    results = self.evaluate_batches(state, pipeline.as_numpy(ds))
+    results = self.evaluate_batches(state, data_lib.pipeline.as_numpy(ds))
     results["num_batches"] = num_batches
     return results
 
@@ -329,16 +335,19 @@ class Experiment:
 # ----------------------------------------------------------------------------
 # Resolving a config against its data.
 # ----------------------------------------------------------------------------
-def get_source(config: ml_collections.ConfigDict) -> sources.DataSource:
+def get_source(config: ml_collections.ConfigDict
+               ) -> data_lib.sources.DataSource:
   """config.dataset's source, after importing config.source_modules (whose
-  import registers their kinds: sources.register_source)."""
+  import registers their kinds: sources.register_source). Without the data
+  extra: MissingDataExtra."""
   import importlib  # pylint: disable=g-import-not-at-top
+  sources = data_lib.sources  # First: TensorFlow's absence is named as such.
   modules = config.get("source_modules", ())  # Absent from older workdirs.
   for module in [modules] if isinstance(modules, str) else modules:
     try:
       importlib.import_module(module)
     except ImportError as e:
-      raise sources.DatasetError(
+      raise data_lib.DatasetError(
           f"config.source_modules: cannot import {module!r} ({e}). List "
           "importable module names, e.g. --config.source_modules="
           "'(\"my_pkg.my_sources\",)', with the module's package installed "
@@ -348,37 +357,37 @@ def get_source(config: ml_collections.ConfigDict) -> sources.DataSource:
                             download=config.download)
 
 
-class _AssumedMetadata:
-  """Stands in for an image folder that is not on this machine."""
-
-  def __init__(self, name: str, num_classes: int):
-    self.name, self.num_classes = name, num_classes
-    self.class_names = [str(i) for i in range(num_classes)]
-    self.image_shape = (None, None, 3)
-
-  def num_examples(self, split: str) -> int:
-    raise sources.DatasetError(f"{self.name} is not on this machine.")
-
-
 def metadata_source(config: ml_collections.ConfigDict):
   """The dataset's classes and shapes without reading (or fetching) data.
 
-  A TFDS dataset's come from its builder's code (nothing is downloaded); an
-  image folder that is absent is assumed RGB when the config fixes the
+  A TFDS dataset's come from its builder's code (nothing is downloaded);
+  without the data extra, the datasets the bundled configs name are known
+  anyway (``jaxattn.data.metadata``). An image folder that is absent (or
+  cannot be read without the extra) is assumed RGB when the config fixes the
   classes (seed 001's 1000-way head).
   """
   kind, _, name = config.dataset.partition(":")
-  if kind == "tfds":
-    return sources.MockSource(name)
   try:
+    if kind == "tfds":
+      return data_lib.sources.MockSource(name)
     return get_source(config)
-  except sources.DatasetError:
+  except data_lib.MissingDataExtra:
+    known = data_lib.metadata.known(config.dataset)
+    if known is not None:
+      logging.info("%s: classes and image shape from jaxattn's table "
+                   "(TensorFlow and TFDS are not installed).", config.dataset)
+      return known
     if kind != "folder" or not config.num_classes:
       raise
-    logging.warning("%s not found: assuming RGB images and "
-                    "config.num_classes=%d.", config.dataset,
-                    config.num_classes)
-    return _AssumedMetadata(config.dataset, config.num_classes)
+    reason = "TensorFlow is not installed"
+  except data_lib.DatasetError as e:
+    if kind != "folder" or not config.num_classes:
+      raise
+    reason = str(e)
+  logging.warning("%s cannot be read here (%s): assuming RGB images and "
+                  "config.num_classes=%d.", config.dataset, reason,
+                  config.num_classes)
+  return data_lib.metadata.assumed_rgb(config.dataset, config.num_classes)
 
 
 def resolve_config(config: ml_collections.ConfigDict, source, *,
@@ -412,8 +421,8 @@ def resolve_config(config: ml_collections.ConfigDict, source, *,
     if config[split_key]:
       try:
         source.num_examples(config[split_key])
-      except sources.DatasetError as e:
-        raise sources.DatasetError(
+      except data_lib.DatasetError as e:
+        raise data_lib.DatasetError(
             f"config.{split_key}={config[split_key]!r}: {e}") from None
   if len(config.image_size) != 2 or min(config.image_size) <= 0:
     raise configlib.ConfigError(f"config.image_size must be (height, width), "

@@ -425,24 +425,25 @@ def inputs_from_files(run: Run, files: Sequence[str]) -> Inputs:
 
 def find_misclassified(run: Run, split: str, count: int) -> Inputs:
   """The first `count` misclassified examples of `split`, in split order."""
-  from jaxattn import experiment  # pylint: disable=g-import-not-at-top
-  from jaxattn.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  from jaxattn import data, experiment  # pylint: disable=g-import-not-at-top
   # No tf.data cache: the search stops early, and a half-read cache is
   # discarded with a warning.
   config = ml_collections.ConfigDict(run.config.to_dict())
   config.cache = False
   try:
     source = experiment.get_source(config)
-    ds, _ = pipeline.create_eval_dataset(
-        source, split, config, shard=pipeline.ProcessShard(
+    ds, _ = data.pipeline.create_eval_dataset(
+        source, split, config, shard=data.ProcessShard(
             0, 1, config.eval_batch_size))
-  except sources.DatasetError as e:
+  except data.MissingDataExtra as e:
+    raise InputError(f"--misclassified reads the dataset: {e}") from None
+  except data.DatasetError as e:
     raise InputError(f"--split={split!r}: {e}") from None
   predict = inference.make_predict_fn(run)
   safe_split = "".join(c if c.isalnum() else "_" for c in split).strip("_")
   found = Inputs([], [], [])
   position = 0
-  for batch in pipeline.as_numpy(ds):
+  for batch in data.pipeline.as_numpy(ds):
     predictions = predict(batch["image"]).argmax(axis=-1)
     for i in np.flatnonzero(batch["mask"] > 0):
       if predictions[i] != batch["label"][i] and len(found.names) < count:

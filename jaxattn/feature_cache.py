@@ -14,11 +14,11 @@ import os
 
 import jax
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from jaxattn import parallel
 from jaxattn.data import pipeline, sources
+from jaxattn.data.tf_import import tf
 
 CACHE_DIR = "feature_cache"
 

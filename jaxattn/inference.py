@@ -1,8 +1,9 @@
 """Running a trained model on image files: shared by predict and explain.
 
-Files are decoded and preprocessed by the evaluation pipeline's own function
-(``pipeline.preprocess_for_eval``), so a prediction on a file equals the one
-evaluation makes on the same image in the dataset.
+Files are decoded and preprocessed as the evaluation pipeline does it
+(``jaxattn.data.image_files``, its TensorFlow-free twin), so a prediction on
+a file equals the one evaluation makes on the same image in the dataset; no
+TensorFlow is needed.
 """
 
 from __future__ import annotations
@@ -16,10 +17,9 @@ import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
-import tensorflow as tf
 
 from jaxattn import checkpointing, experiment, losses
-from jaxattn.data import pipeline, sources
+from jaxattn.data import DatasetError, image_files
 from jaxattn.errors import BadInputError
 from jaxattn.models import (ModelInterface, get_interface, interface,
                             known_models)
@@ -119,14 +119,12 @@ def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
   images = []
   for path in paths:
     try:
-      decoded = sources.decode_like_pil(tf.io.read_file(path),
-                                        config.num_channels)
-    except tf.errors.InvalidArgumentError:
-      # Say what the file is (a CMYK JPEG for a 1-channel model, a truncated
-      # file, ...): TensorFlow's error does not.
-      raise InputError(sources.describe_image_problem(
-          path, config.num_channels)) from None
-    images.append(pipeline.preprocess_for_eval(decoded, config).numpy())
+      # A file it cannot decode (truncated, a CMYK JPEG for a 1-channel
+      # model, ...) is named with what it is.
+      decoded = image_files.decode(path, config.num_channels)
+    except DatasetError as e:
+      raise InputError(str(e)) from None
+    images.append(image_files.preprocess_for_eval(decoded, config))
   return np.stack(images)
 
 

@@ -70,8 +70,10 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and TF hides GPUs before use.
   # pylint: disable=g-import-not-at-top
-  from jaxattn import (compilation_cache, cpu_defaults, distributed, evaluate,
-                       train)
+  from jaxattn import compilation_cache, cpu_defaults, distributed
+  # Both read data with tf.data: without TensorFlow (the data extra) this
+  # raises data.MissingDataExtra, printed as one line (jaxattn.console).
+  from jaxattn import evaluate, train
   # pylint: enable=g-import-not-at-top
 
   cpu_defaults.configure()  # CPU-only host: a JAX device per core.

@@ -26,9 +26,8 @@ from absl import logging
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from jaxattn import losses, parallel
+from jaxattn import data, losses, parallel
 from jaxattn.configlib import ConfigError
-from jaxattn.data import pipeline
 
 CURVES_FILE = "curves.png"
 CONFUSION_FILE = "confusion_matrix.png"
@@ -260,7 +259,7 @@ def confusion_counts(exp, variables, split: str) -> np.ndarray:
       num_rows=num_rows), out_shardings=parallel.replicated(exp.mesh))
   ds, _ = exp.eval_dataset(split)
   total = np.zeros((num_rows, num_rows + 1), np.int64)
-  for batch in pipeline.as_numpy(ds):
+  for batch in data.pipeline.as_numpy(ds):
     counts = count(variables, parallel.global_batch(batch, exp.batch_sharding))
     # Replicated: every process holds the whole sum locally.
     total += np.asarray(counts.addressable_data(0))

@@ -29,11 +29,14 @@ from typing import Any
 import jax
 import ml_collections
 from absl import logging
+
+# The input pipeline first: without TensorFlow (the data extra) this import
+# is the error that names the extra. clu's writers import TensorFlow too.
+from jaxattn.data import pipeline  # pylint: disable=g-bad-import-order
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from jaxattn import (checkpointing, configlib, distributed, experiment,
                      feature_cache, parallel, periodic, plots, workdir_lock)
-from jaxattn.data import pipeline
 
 RESULTS_FILE = "results.json"
 TEST_CHECKPOINTS = ("best", "last")

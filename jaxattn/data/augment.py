@@ -88,7 +88,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-import tensorflow as tf
+from jaxattn.data.tf_import import tf
 
 _NUM_ATTEMPTS = 10
 

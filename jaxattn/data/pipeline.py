@@ -21,19 +21,18 @@ Evaluation reads every example exactly once: the last batch is padded with
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import weakref
 from collections.abc import Iterator
 
 import ml_collections
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
 from jaxattn.configlib import ConfigError
-from jaxattn.data import augment
-from jaxattn.data.sources import DataSource, DatasetError
+from jaxattn.data import DatasetError, ProcessShard, augment, image_files
+from jaxattn.data.sources import DataSource
+from jaxattn.data.tf_import import tf
 
 # Arbitrary large prime: keeps per-epoch shuffle seeds of different data
 # seeds apart.
@@ -49,15 +48,6 @@ def _reads(ds: tf.data.Dataset, source: DataSource, split: str
   """``ds``, remembered as reading ``split`` of ``source`` (see _READS)."""
   _READS[ds] = (source, split)
   return ds
-
-
-@dataclasses.dataclass(frozen=True)
-class ProcessShard:
-  """Which share of the data this process reads, and its batch size."""
-
-  process_index: int
-  process_count: int
-  local_batch_size: int
 
 
 def _to_uint8(image: tf.Tensor) -> tf.Tensor:
@@ -124,16 +114,11 @@ def preprocess_for_eval(image: tf.Tensor,
   (`_resize_and_centre_crop`).
   """
   size = tuple(config.image_size)
-  fraction = float(config.get("eval_crop_fraction", 0.0))  # Older workdirs.
+  fraction = image_files.eval_crop_fraction(config)
   if fraction == 0:
     image = _resize(image, size)
-  elif 0 < fraction <= 1:
-    image = _resize_and_centre_crop(image, size, fraction)
   else:
-    raise ConfigError(
-        f"config.eval_crop_fraction={fraction} must be 0 (resize to "
-        "config.image_size) or in (0, 1] (e.g. 0.875: resize to cover "
-        "image_size / 0.875, then centre-crop image_size).")
+    image = _resize_and_centre_crop(image, size, fraction)
   image = image / 255.0
   return tf.ensure_shape(_normalize(image, config),
                          [*size, image.shape[-1]])

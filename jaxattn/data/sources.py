@@ -33,8 +33,10 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
-import tensorflow_datasets as tfds
+
+from jaxattn.data import DatasetError
+from jaxattn.data.image_files import describe_image_problem
+from jaxattn.data.tf_import import tf, tfds
 
 from jaxattn.errors import BadInputError
 
@@ -47,10 +49,6 @@ _OFFLINE_HINT = (
     "'folder:PATH' for images laid out as PATH/<split>/<class>/*.jpg (for "
     "example the CIFAR-10 training images in shared/data/cifar10), or prepare "
     "the dataset on a connected machine and point --config.data_dir at it.")
-
-
-class DatasetError(BadInputError, ValueError):
-  """A dataset name, split or file layout the project cannot use."""
 
 
 class DataSource(abc.ABC):
@@ -243,31 +241,6 @@ def decode_like_pil(data: tf.Tensor, channels: int) -> tf.Tensor:
                                 dct_method="INTEGER_ACCURATE"),
       lambda: tf.io.decode_image(data, channels=channels,
                                  expand_animations=False))
-
-
-def describe_image_problem(path: str, channels: int) -> str:
-  """Why TensorFlow cannot decode the file ``path`` to ``channels`` channels,
-  and what to do about it, as PIL sees the file.
-
-  Only for the error path (it opens the file in Python): TensorFlow's own
-  message names neither the file nor the cause.
-  """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  try:
-    with Image.open(path) as image:
-      image.load()  # Decodes every byte: finds truncated files too.
-      kind, mode, bands = image.format, image.mode, len(image.getbands())
-  except (OSError, SyntaxError, ValueError) as e:  # What PIL raises on bad data.
-    return (f"{path}: not a readable image ({e}); remove it, or re-save it "
-            "as PNG or JPEG.")
-  target = "L" if channels == 1 else "RGB"
-  if kind == "JPEG" and mode == "CMYK":
-    return (f"{path}: a CMYK JPEG (4 channels), which TensorFlow cannot turn "
-            f"into the {channels}-channel images the model reads; convert it, "
-            f"e.g. PIL.Image.open(f).convert({target!r}).save(f).")
-  return (f"{path}: a {kind} image in mode {mode} ({bands} channel(s)) that "
-          f"TensorFlow cannot decode to {channels} channel(s); re-save it as a "
-          f"PNG or JPEG in mode {target}.")
 
 
 @dataclasses.dataclass
