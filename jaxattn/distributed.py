@@ -25,6 +25,8 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from jaxattn import compilation_cache
+
 # Environments where JAX finds coordinator, process count and id by itself.
 # Inside an `srun` step SLURM_STEP_ID is set; a batch script that runs
 # python directly has SLURM_NTASKS too, but is one process.
@@ -101,6 +103,7 @@ def initialize(launch: Launch = Launch()) -> None:
   logging.info("Joined a job of %d processes: %d devices, %d local.",
                jax.process_count(), jax.device_count(),
                jax.local_device_count())
+  compilation_cache.off_for_multiprocess_cpu()  # Before the first compile.
 
 
 def shutdown() -> None:
