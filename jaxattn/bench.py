@@ -85,6 +85,9 @@ def define_flags() -> None:
       "peak (a few seconds) and report the step's FLOP/s as a fraction of it.")
   flags.DEFINE_integer("peak_size", 2048, "Side of the square matmuls that "
                        "measure the peak.")
+  flags.DEFINE_bool("allow_cpu", False, "Train mode: time the steps on the "
+                    "CPU although an accelerator plugin is installed (without "
+                    "it the command stops and says why).")
 
 
 # ----------------------------------------------------------------------------
@@ -392,6 +395,9 @@ def main(argv):
     if flags.FLAGS[name].value < minimum:
       raise app.UsageError(
           f"--{name}={flags.FLAGS[name].value} is out of range (>= {minimum}).")
+  if flags.FLAGS.mode == "train":  # Not timing a GPU plugin that failed.
+    from jaxattn import accelerator_check  # pylint: disable=g-import-not-at-top
+    accelerator_check.check(allow_cpu=flags.FLAGS.allow_cpu)
   batch_size = flags.FLAGS.batch or config.batch_size
   results = dict(command=" ".join(["python -m jaxattn.bench", *sys.argv[1:]]),
                  config=config_flags.get_config_filename(flags.FLAGS["config"]),

@@ -12,6 +12,8 @@ the workdir, so every run of a config shares it:
 
 ``launch/slurm.sbatch`` and ``launch/jobset.yaml`` point it at shared
 storage, so every node of a requeued job finds what the last one compiled.
+
+A multi-process job on CPUs runs without it (:func:`off_for_multiprocess_cpu`).
 """
 
 from __future__ import annotations
@@ -61,3 +63,26 @@ def configure() -> str | None:
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   logging.info("Compilation cache: %s (%s=0 turns it off).", directory, ENV)
   return directory
+
+
+def off_for_multiprocess_cpu() -> bool:
+  """Turns the cache off in a multi-process job on CPU devices; call it after
+  joining the job and before the first compile. Returns whether it did.
+
+  With jax 0.12.1, two processes of two CPU devices each (``launch/local.py``)
+  that resumed a run with their steps read back from the cache hung for good
+  in their first cross-process all-gather (gloo): both processes waited in it
+  and nothing failed (``tests/test_distributed.py``, resume after SIGTERM; the
+  same run without the cache finished in a minute). jax 0.10.2 passed the
+  same test with the cache. Multi-process CPU jobs are this project's stand-in
+  for multi-host ones, and compiling their small steps again costs seconds,
+  so the cache is off for them on every JAX release; GPU and TPU jobs keep it.
+  """
+  if jax.process_count() <= 1 or jax.default_backend() != "cpu":
+    return False
+  if not jax.config.jax_enable_compilation_cache:
+    return False
+  jax.config.update("jax_enable_compilation_cache", False)
+  logging.info("Compilation cache off: a multi-process job on CPUs (its "
+               "collectives hung on executables read back from the cache).")
+  return True

@@ -49,6 +49,9 @@ DEVICE_COUNT_FLAG = "--xla_force_host_platform_device_count"
 # full train step (benchmarks/README.md, "XLA:CPU's library paths"):
 # YNNPACK for dots only (XLA's default also hands it the convolutions, whose
 # gradients it ran 1.3-6x slower than XLA's own; its dots keep bf16 on AMX).
+# jaxlib 0.11 and 0.12 get none: nothing was measured on them yet (a shared
+# 2-core host gives no trustworthy timings), so they run XLA's own defaults.
+# Add a release here only with its measurements in benchmarks/README.md.
 _TESTED_XLA_CPU_FLAGS: dict[str, tuple[str, ...]] = {
     "0.10": ("--xla_cpu_experimental_ynn_fusion_type=individual_dot",),
 }
@@ -138,6 +141,23 @@ def _decide(environ, cores: int, num_cpu_devices_setting: int,
   return CpuSetup(True, why, devices, added)
 
 
+def _backends_initialized() -> bool:
+  """Whether JAX has started its backends (then device settings are late).
+
+  JAX has no public API for this (jax-ml/jax issue 23320, open; its public
+  calls that could tell, ``jax.devices()`` and ``jax.extend.backend``, start
+  the backends themselves), so this asks ``jax._src.xla_bridge``, whose
+  function is the same in jax 0.10.2 and 0.12.1. Should a release move it,
+  this says "not started", and a late change of ``jax_num_cpu_devices``
+  fails loudly in JAX's own check instead.
+  """
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge.backends_are_initialized())
+  except (ImportError, AttributeError):
+    return False
+
+
 def configure() -> CpuSetup:
   """Applies the CPU defaults (see the module doc); idempotent.
 
@@ -148,8 +168,7 @@ def configure() -> CpuSetup:
   if _DONE is not None:
     return _DONE
   import jax  # pylint: disable=g-import-not-at-top
-  from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
-  if xla_bridge.backends_are_initialized():
+  if _backends_initialized():
     _DONE = CpuSetup(False, "JAX's backend was already initialised")
     logging.warning("jaxattn CPU defaults not applied: %s.", _DONE.reason)
     return _DONE

@@ -25,6 +25,7 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
+from jaxattn import compilation_cache
 from jaxattn.errors import BadInputError
 
 # Environments where JAX finds coordinator, process count and id by itself.
@@ -107,6 +108,7 @@ def initialize(launch: Launch = Launch()) -> None:
   logging.info("Joined a job of %d processes: %d devices, %d local.",
                jax.process_count(), jax.device_count(),
                jax.local_device_count())
+  compilation_cache.off_for_multiprocess_cpu()  # Before the first compile.
 
 
 def shutdown() -> None:

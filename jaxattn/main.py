@@ -61,6 +61,10 @@ def define_flags() -> None:
   flags.DEFINE_integer("heartbeat_timeout_seconds", 100,
                        "Multi-process: a peer silent this long is dead and "
                        "the job aborts instead of hanging.")
+  flags.DEFINE_bool("allow_cpu", False,
+                    "Go on when an accelerator plugin is installed but JAX "
+                    "came up on the CPU (without it the run stops and says "
+                    "why; JAX_PLATFORMS=cpu asks for the CPU outright).")
   configlib.define_config_flag()
   flags.mark_flags_as_required(["workdir"])
 
@@ -70,7 +74,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   # Imported here so that --help stays fast and TF hides GPUs before use.
   # pylint: disable=g-import-not-at-top
-  from jaxattn import compilation_cache, cpu_defaults, distributed
+  from jaxattn import (accelerator_check, compilation_cache, cpu_defaults,
+                       distributed)
   # Both read data with tf.data: without TensorFlow (the data extra) this
   # raises data.MissingDataExtra, printed as one line (jaxattn.console).
   from jaxattn import evaluate, train
@@ -82,6 +87,8 @@ def main(argv):
       coordinator_address=FLAGS.coordinator_address,
       num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
       heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_seconds))
+  # A GPU plugin that did not load must not leave the run on the CPU unseen.
+  accelerator_check.check(allow_cpu=FLAGS.allow_cpu)
   logging.info("JAX process %d/%d, local devices %s", jax.process_index(),
                jax.process_count(), jax.local_devices())
   if FLAGS.mode == "eval":  # The workdir's own config unless --config.

@@ -41,3 +41,16 @@ def test_a_second_run_reads_its_steps_from_the_cache(tmp_path):
       entries = set(os.listdir(cache))
       assert entries, "nothing was cached"
   assert set(os.listdir(cache)) == entries  # The rerun compiled nothing new.
+
+
+def test_a_multi_process_cpu_job_runs_without_the_cache(monkeypatch):
+  import jax  # pylint: disable=g-import-not-at-top
+  assert not compilation_cache.off_for_multiprocess_cpu()  # One process.
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  before = jax.config.jax_enable_compilation_cache
+  try:
+    jax.config.update("jax_enable_compilation_cache", True)
+    assert compilation_cache.off_for_multiprocess_cpu()
+    assert not jax.config.jax_enable_compilation_cache
+  finally:
+    jax.config.update("jax_enable_compilation_cache", before)
