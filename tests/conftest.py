@@ -71,6 +71,22 @@ def once_per_process(key: str, make):
   return _ONCE[key]
 
 
+def two_step_smoke_run(tmp_path_factory, key: str) -> pathlib.Path:
+  """A workdir of the quickstart's smoke ViT trained for two steps (no
+  evaluation), once per test process and ``key``."""
+  def make():
+    # pylint: disable=g-import-not-at-top
+    from jaxattn import configlib, train
+    config = configlib.load(f"{REPO}/configs/quickstart.py:smoke")
+    with config.unlocked():
+      config.num_epochs, config.num_steps = 0, 2
+      config.val_split = config.test_split = ""
+    path = tmp_path_factory.mktemp(key.replace("/", "_"))
+    train.train_and_evaluate(config, str(path))
+    return path
+  return once_per_process(key, make)
+
+
 def run_main(*args: str, timeout: int = 600, check: bool = True,
              env_extra: dict | None = None):
   """Runs `python main.py ARGS` in a subprocess; returns CompletedProcess."""

@@ -16,9 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from jaxattn import checkpointing, configlib, inference, train
+from jaxattn import checkpointing, inference
 from jaxattn.convert import __main__ as cli
-from tests.conftest import REPO, once_per_process
+from tests.conftest import two_step_smoke_run
 
 # One pytest-xdist worker runs the whole module: its tests share `workdir`.
 pytestmark = pytest.mark.xdist_group("export")
@@ -29,15 +29,7 @@ ATOL = 1e-5
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """The quickstart's smoke ViT trained for two steps (no evaluation)."""
-  def make():
-    config = configlib.load(f"{REPO}/configs/quickstart.py:smoke")
-    with config.unlocked():
-      config.num_epochs, config.num_steps = 0, 2
-      config.val_split = config.test_split = ""
-    path = tmp_path_factory.mktemp("export_run")
-    train.train_and_evaluate(config, str(path))
-    return str(path)
-  return once_per_process("export/workdir", make)
+  return str(two_step_smoke_run(tmp_path_factory, "export/workdir"))
 
 
 def _images(n, seed=0):

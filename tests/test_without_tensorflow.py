@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxattn import api, configlib, summary, train
+from jaxattn import api, configlib, summary
 from jaxattn.data import pipeline
 from jaxattn.data.tf_import import tf
-from tests.conftest import REPO, once_per_process
+from tests.conftest import REPO, two_step_smoke_run
 
 # One worker runs the module: its tests share the subprocesses' outputs.
 pytestmark = pytest.mark.xdist_group("without_tensorflow")
@@ -72,15 +72,7 @@ print("RESULTS " + json.dumps(results))
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
   """The quickstart's smoke ViT trained for two steps, with TensorFlow."""
-  def make():
-    config = configlib.load(f"{REPO}/configs/quickstart.py:smoke")
-    with config.unlocked():
-      config.num_epochs, config.num_steps = 0, 2
-      config.val_split = config.test_split = ""
-    path = tmp_path_factory.mktemp("trained_with_tf")
-    train.train_and_evaluate(config, str(path))
-    return path
-  return once_per_process("without_tensorflow/workdir", make)
+  return two_step_smoke_run(tmp_path_factory, "without_tensorflow/workdir")
 
 
 @pytest.fixture(scope="module")
