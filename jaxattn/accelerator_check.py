@@ -20,6 +20,7 @@ from typing import Mapping, Sequence
 from absl import logging
 
 from jaxattn import cpu_defaults
+from jaxattn.errors import BadInputError
 
 # Distributions that bring JAX an accelerator; the jax-* ones are released in
 # lockstep with jaxlib and load only beside the jaxlib of their own release.
@@ -29,7 +30,7 @@ _PLUGIN_DISTRIBUTION = re.compile(
 _LOCKSTEP = re.compile(r"^jax-(cuda|rocm)", re.IGNORECASE)
 
 
-class AcceleratorFallbackError(RuntimeError):
+class AcceleratorFallbackError(BadInputError, RuntimeError):
   """An accelerator plugin is installed but JAX runs on the CPU."""
 
 

@@ -25,6 +25,8 @@ Each subclass also keeps the built-in type it had before (``ValueError``,
   ``convert.plan.ConversionError`` (ValueError)  a checkpoint to convert
   ``convert.rules.UnknownLayoutError`` (ValueError)  a layout name
   ``distributed.LaunchError`` (ValueError)  multi-process flags
+  ``accelerator_check.AcceleratorFallbackError`` (RuntimeError)  a GPU
+                                            plugin that did not load
 """
 
 
