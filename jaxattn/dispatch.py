@@ -89,11 +89,8 @@ def merged(results: Iterable[Any], depth: int = DEPTH) -> Any:
   """The merge of ``results``: metric collections returned by steps that
   the iterable dispatches as it is consumed (e.g. a generator over eval
   batches), with at most ``depth`` in flight. None if it is empty."""
-  window, total = Window(depth), None
-  for result in results:
-    for done in window.push(result):
-      total = merge(total, done)
-  for done in window.drain():
+  total = None
+  for done in host_results(results, depth):
     total = merge(total, done)
   return total
 
