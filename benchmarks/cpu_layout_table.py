@@ -4,8 +4,11 @@ default layout (``jaxattn/cpu_layout.py``'s measured choice), on this host.
 Each (case, layout) runs ``python -m jaxattn.bench`` in a fresh process, the
 layouts interleaved in rounds so that a loaded host hits them alike; the
 table gives the median of the rounds and the default's ratio to the best.
-The default's probe runs in every round (a fresh layout cache each time), so
-its choice is measured as often as the numbers it is compared with::
+The default's probe runs in every round, in a process of its own with a
+fresh layout cache, so its choice is measured as often as the numbers it is
+compared with; the default is then timed in a second process that reads the
+choice from that cache, as every run after a host's first does (the first
+also pays for the probe, once per model and host)::
 
   python benchmarks/cpu_layout_table.py --rounds=2 \
       --json=benchmarks/results/cpu_layout_DAY.json
@@ -52,6 +55,10 @@ def bench(case: str, batch: int, layout: str, steps: int) -> dict:
     if layout != "default":
       cores = cpu_defaults.usable_cores()
       command.append(f"--jax_num_cpu_devices={1 if layout == '1' else cores}")
+    else:  # The probe, in a process of its own: it fills the cache.
+      probe = [c for c in command if not c.startswith("--steps=")]
+      subprocess.run(probe + ["--steps=1"], cwd=REPO, env=env, check=True,
+                     capture_output=True, text=True, timeout=3600)
     proc = subprocess.run(command, cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=3600)
     if proc.returncode:
@@ -91,7 +98,8 @@ def main(argv=None) -> int:
                       max(medians["1"], medians["per_core"])))
   cores = cpu_defaults.usable_cores()
   print(f"\n| model (batch) | 1 device | a device per core ({cores}) | "
-        "default (devices chosen) | default / best |\n|---|---|---|---|---|")
+        "default (devices the probe chose) | default / best |\n"
+        "|---|---|---|---|---|")
   for row in table:
     print(f"| {row['case']} ({row['batch_size']}) | {row['one_device']:,.1f} "
           f"| {row['per_core']:,.1f} | {row['default']:,.1f} "

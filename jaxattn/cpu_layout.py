@@ -14,8 +14,9 @@ fastest for this model on this host:
   batch size and the eval batch size (1 always does, so the project's own
   configs never fail on a 3-, 6- or 12-core host);
 * each candidate's real train step (the same ``Experiment`` jit, shardings
-  and donation as training, on synthetic batches) is compiled and timed for
-  a few steps; the fastest wins, fewer devices on a near tie;
+  and donation as training, on synthetic batches) is compiled, then all are
+  timed in interleaved rounds of about half a second each (a few seconds in
+  all); the fastest wins, fewer devices on a near tie;
 * the result is cached in ``~/.cache/jaxattn/cpu_layout.json``
   (``JAXATTN_CPU_LAYOUT_CACHE`` moves it), keyed by the host's CPU model and
   core count, the jax/jaxlib versions, ``XLA_FLAGS`` and every config key
@@ -49,9 +50,16 @@ CACHE_VAR = "JAXATTN_CPU_LAYOUT_CACHE"
 # A smaller layout within this fraction of the fastest wins: fewer devices
 # hold fewer replicas and run fewer collectives, for the same speed.
 NEAR_TIE = 0.03
-# Untimed steps after compilation, then timed ones (their median counts).
-PROBE_WARMUP_STEPS = 1
-PROBE_TIMED_STEPS = 3
+# The candidates are timed in PROBE_ROUNDS interleaved rounds, so that a
+# load change on the host hits them alike; in each, a candidate runs steps
+# for PROBE_BLOCK_S seconds (at least PROBE_MIN_STEPS), after warm-up steps
+# for PROBE_WARMUP_S. Its rate is the median step time over all rounds.
+# (Three steps of each, one after the other, picked the slower layout for
+# SE-CNN and ViT on 2026-12-06: 25% and 15% slower; benchmarks/README.md.)
+PROBE_ROUNDS = 3
+PROBE_BLOCK_S = 0.5
+PROBE_WARMUP_S = 0.5
+PROBE_MIN_STEPS = 2
 
 # The config keys that change what one train step costs. Anything else
 # (data location, duration, learning rate, logging) leaves the probe's
@@ -182,38 +190,49 @@ def pick(images_per_s: dict[int, float]) -> int:
 def measure(config: ml_collections.ConfigDict,
             options: list[int]) -> dict[int, float]:
   """Train images/s of the config's real step on each device count."""
-  rates = {}
-  for k in options:
-    logging.info("CPU layout: timing %s's train step on %d of %d devices "
-                 "(once per model and host)...", config.model.name, k,
-                 jax.device_count())
-    rates[k] = _images_per_second(config, k)
-  return rates
+  logging.info("CPU layout: timing %s's train step on %s of %d devices "
+               "(once per model and host)...", config.model.name,
+               " and ".join(map(str, options)), jax.device_count())
+  steppers = {k: _Stepper(config, k) for k in options}
+  for stepper in steppers.values():
+    stepper.run_for(PROBE_WARMUP_S)
+    stepper.seconds.clear()
+  for _ in range(PROBE_ROUNDS):
+    for stepper in steppers.values():
+      stepper.run_for(PROBE_BLOCK_S)
+  return {k: config.batch_size / statistics.median(stepper.seconds)
+          for k, stepper in steppers.items()}
 
 
-def _images_per_second(config: ml_collections.ConfigDict,
-                       num_devices: int) -> float:
-  from jaxattn import experiment  # pylint: disable=g-import-not-at-top
-  config = ml_collections.ConfigDict(config.to_dict())
-  with config.unlocked():
-    config.init_from = ""  # Timing needs no pretrained weights.
-    config.pretrained_required = False
-  exp = experiment.Experiment(config, data="none", mesh_devices=num_devices)
-  state = exp.init_state()
-  if config.get("cache_backbone_features"):
-    # Training runs the frozen backbone once, then steps the head on its
-    # cached outputs: those steps are what the layout is for.
-    exp = exp.with_features(None)
-  batch = exp.synthetic_batch(config.batch_size)
-  train_fn = exp.train_fn.lower(state, batch).compile()
-  seconds = []
-  for step in range(PROBE_WARMUP_STEPS + PROBE_TIMED_STEPS):
+class _Stepper:
+  """The config's compiled train step on ``num_devices``, with its state."""
+
+  def __init__(self, config: ml_collections.ConfigDict, num_devices: int):
+    from jaxattn import experiment  # pylint: disable=g-import-not-at-top
+    config = ml_collections.ConfigDict(config.to_dict())
+    with config.unlocked():
+      config.init_from = ""  # Timing needs no pretrained weights.
+      config.pretrained_required = False
+    exp = experiment.Experiment(config, data="none", mesh_devices=num_devices)
+    self.state = exp.init_state()
+    if config.get("cache_backbone_features"):
+      # Training runs the frozen backbone once, then steps the head on its
+      # cached outputs: those steps are what the layout is for.
+      exp = exp.with_features(None)
+    self.batch = exp.synthetic_batch(config.batch_size)
+    self.train_fn = exp.train_fn.lower(self.state, self.batch).compile()
+    self.seconds: list[float] = []
+
+  def run_for(self, budget_s: float) -> None:
+    """Steps, each timed to completion, for ``budget_s`` seconds."""
     start = time.perf_counter()
-    state, _ = train_fn(state, batch)
-    jax.block_until_ready(state)
-    if step >= PROBE_WARMUP_STEPS:
-      seconds.append(time.perf_counter() - start)
-  return config.batch_size / statistics.median(seconds)
+    steps = 0
+    while steps < PROBE_MIN_STEPS or time.perf_counter() - start < budget_s:
+      begin = time.perf_counter()
+      self.state, _ = self.train_fn(self.state, self.batch)
+      jax.block_until_ready(self.state)
+      self.seconds.append(time.perf_counter() - begin)
+      steps += 1
 
 
 @functools.lru_cache(maxsize=None)
