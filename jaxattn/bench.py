@@ -18,9 +18,9 @@ backbone logits for seed 000's feature-cached head), and reports:
 * ``train_flops_per_image`` / ``eval_flops_per_image`` from XLA's cost
   analysis of the compiled programs (a train step is forward, backward and
   optimizer update), and the achieved ``train_flops_per_s``. These are the
-  model's FLOPs: a model that recomputes chunks in the backward pass
-  (conv_vit on CPU) is counted without the recomputation, from the same
-  step compiled unchunked, since XLA counts a loop body only once;
+  model's FLOPs: under the CPU kernels (``kernels``, "cpu" or "plain") they
+  are counted on the same step compiled with the plain ops, since XLA counts
+  a loop body (conv_vit's chunks) only once;
 * ``host_matmul_flops_per_s_{float32,bfloat16}``: the host's measured matmul
   peak (one 2048^3 matmul per device at once, best of 5), and
   ``train_fraction_of_matmul_peak``: the step's achieved FLOP/s over the peak
@@ -197,6 +197,7 @@ class Steps:
   train: CompiledStep
   eval: CompiledStep | None
   mesh_devices: int  # Devices the steps run on (a CPU host may use fewer).
+  kernels: str  # "plain" or "cpu" (jaxattn/models/kernels.py).
 
 
 def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
@@ -213,6 +214,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
   import jax
   import ml_collections
   from jaxattn import experiment
+  from jaxattn.models import kernels
   # pylint: enable=g-import-not-at-top
 
   config = ml_collections.ConfigDict(config.to_dict())
@@ -249,10 +251,12 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     jax.block_until_ready(current["state"])
 
   train_flops = _flops(train_compiled, exp.mesh.size)
-  if getattr(exp.model, "chunk_size", 0) != 0:
-    # XLA's cost analysis counts a loop body once: count the FLOPs of the
-    # same step without chunking (the model's FLOPs, without recomputation).
-    flops_fn = exp.make_train_fn(exp.model.clone(chunk_size=0), donate=False)
+  if exp.kernels.cpu:
+    # The model's FLOPs are those of its plain ops: XLA's cost analysis
+    # counts a loop body once (conv_vit's chunks) and would not count the
+    # CPU kernels' recomputation as the model's.
+    flops_fn = exp.make_train_fn(donate=False, step_kernels=kernels.Kernels(
+        "plain", exp.kernels.platform))
     train_flops = _flops(flops_fn.lower(current["state"], batch).compile(),
                          exp.mesh.size)
   train_step = CompiledStep(batch_size, lower_s, compile_s, train_flops,
@@ -270,7 +274,7 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
                              _flops(eval_compiled, exp.mesh.size), eval_once,
                              eval_compiled.as_text)
   return Steps(config=config, num_params=exp.num_params(),
-               mesh_devices=exp.mesh.size,
+               mesh_devices=exp.mesh.size, kernels=exp.kernels.name,
                example_shape=tuple(shape), train=train_step, eval=eval_step)
 
 
@@ -290,7 +294,7 @@ def bench_steps(config, *, batch_size: int, eval_batch_size: int,
   results = dict(
       model=config.model.name, compute_dtype=config.compute_dtype,
       num_params=built.num_params, batch_size=batch_size,
-      mesh_devices=built.mesh_devices,
+      mesh_devices=built.mesh_devices, kernels=built.kernels,
       example_shape=list(built.example_shape), lower_s=train_step.lower_s,
       compile_s=train_step.compile_s, train_steps=num_steps,
       train_step_s=seconds, train_images_per_s=batch_size / seconds,

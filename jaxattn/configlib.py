@@ -298,6 +298,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(name="conv_vit"))
   c.num_classes = 0  # 0: the dataset's class count.
   c.compute_dtype = "float32"  # "bfloat16" for mixed precision.
+  # How a few ops are computed (jaxattn/models/kernels.py): "auto" (the
+  # XLA:CPU rewrites where the step is compiled for the CPU, the models' own
+  # ops elsewhere), "plain" or "cpu".
+  c.kernels = "auto"
   # Pretrained weights to start from (see jaxattn/pretrained.py); a config
   # whose model is useless without them sets pretrained_required.
   c.init_from = ""

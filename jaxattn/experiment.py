@@ -41,7 +41,7 @@ from absl import logging
 from jaxattn import (checkpointing, configlib, cpu_layout, dispatch, mixing,
                      optim, parallel, pretrained, steps)
 from jaxattn import data as data_lib
-from jaxattn.models import create_model, get_interface
+from jaxattn.models import create_model, get_interface, kernels
 from jaxattn.models import interface as interface_lib
 
 PyTree = Any
@@ -83,6 +83,10 @@ class Experiment:
       cpu_layout.log(layout)
       mesh_devices = layout.num_devices if layout else None
     self.mesh = parallel.create_mesh(mesh_devices)
+    # Which ops the steps compile (models/kernels.py): the XLA:CPU rewrites
+    # where they are compiled for the CPU, the models' own ops elsewhere.
+    self.kernels = kernels.resolve(config.get("kernels", "auto"),
+                                   kernels.platform_of(self.mesh))
     self.batch_sharding = parallel.batch_sharded(self.mesh)
     if data == "full":  # Fail now on a batch the devices cannot split.
       self.shard, self.eval_shard  # pylint: disable=pointless-statement
@@ -248,11 +252,15 @@ class Experiment:
   # --------------------------------------------------------------------------
   # Compiled steps.
   # --------------------------------------------------------------------------
-  def make_train_fn(self, model=None, *, donate: bool = True):
+  def make_train_fn(self, model=None, *, donate: bool = True,
+                    step_kernels: kernels.Kernels | None = None):
     """The jitted train step; ``model`` replaces the experiment's (bench
-    counts FLOPs on an unchunked clone)."""
+    counts FLOPs on an unchunked clone), ``step_kernels`` the kernels
+    chosen for this experiment's devices (a step exported for another
+    platform)."""
     return jax.jit(
-        functools.partial(steps.train_step, model=model or self.model,
+        kernels.traced_with(step_kernels or self.kernels, functools.partial(
+            steps.train_step, model=model or self.model,
                           tx=self.tx, learning_rate_fn=self.learning_rate_fn,
                           num_classes=self.config.num_classes,
                           loss_spec=self.loss_spec, method=self.apply_method,
@@ -260,7 +268,7 @@ class Experiment:
                           ema_decay=self.config.get("ema_decay", 0.0),
                           grad_accum_steps=self.config.get(
                               "grad_accum_steps", 1),
-                          parallel=self.config.parallel, mesh=self.mesh),
+                          parallel=self.config.parallel, mesh=self.mesh)),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
         donate_argnums=0 if donate else ())
@@ -272,9 +280,9 @@ class Experiment:
   @functools.cached_property
   def eval_fn(self):
     return jax.jit(
-        functools.partial(steps.eval_step, model=self.model,
-                          loss_spec=self.loss_spec, method=self.apply_method,
-                          use_ema=self.use_ema),
+        kernels.traced_with(self.kernels, functools.partial(
+            steps.eval_step, model=self.model, loss_spec=self.loss_spec,
+            method=self.apply_method, use_ema=self.use_ema)),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=parallel.replicated(self.mesh))
 

@@ -43,15 +43,16 @@ TEST_CHECKPOINTS = ("best", "last")
 
 # The config keys a resume may change: they change neither the weights a run
 # trains nor the results it reports (which checkpoint is best, when it stops,
-# what is tested), only how it is logged, saved, laid out on the devices or
-# where its data is read from. Every other key, and every key of
+# what is tested), only how it is logged, saved, laid out on the devices,
+# which kernels compute it (the same function, to float rounding) or where
+# its data is read from. Every other key, and every key of
 # config.model, config.optimizer, config.schedule, config.augment, ..., must
 # match the workdir's config.json.
 RESUME_MAY_CHANGE = (
     "log_every_steps", "profile_steps", "wandb_project", "wandb_mode",
     "checkpoint_every_steps", "keep_checkpoints",
     "data_dir", "manual_dir", "download", "source_modules", "cache",
-    "eval_batch_size", "sharding_rules", "fsdp_min_size_mb",
+    "eval_batch_size", "sharding_rules", "fsdp_min_size_mb", "kernels",
     "reference_curve")
 
 
@@ -80,9 +81,9 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
            writer) -> dict[str, Any]:
   config, workdir, total_steps = exp.config, exp.workdir, exp.total_steps
   logging.info("Devices: %d (%d per process, %d processes); compute dtype "
-               "%s, batch %d.", exp.mesh.size,
+               "%s, batch %d; %s.", exp.mesh.size,
                exp.mesh.size // jax.process_count(), jax.process_count(),
-               config.compute_dtype, config.batch_size)
+               config.compute_dtype, config.batch_size, exp.kernels.describe())
   logging.info("Data %s: %s; %d steps/epoch, %d steps in all.",
                config.dataset, _split_sizes(exp), exp.steps_per_epoch,
                total_steps)

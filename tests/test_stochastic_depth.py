@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from jaxattn import configlib, optim, steps
-from jaxattn.models import create_model, layers
+from jaxattn.models import create_model, kernels, layers
 from jaxattn.models.conv_vit import ConvViT, ConvViTBlock
 from jaxattn.models.vit import EncoderBlock, PatchEmbedding, ViT
 
@@ -48,6 +48,18 @@ def _init(model, images):
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _apply(model, variables, images, train=False, dropout_key=None):
+  rngs = {} if dropout_key is None else {"dropout": dropout_key}
+  return model.apply(variables, images, train=train, rngs=rngs)
+
+
+# conv_vit chunks its batch under the CPU kernels only.
+_CPU_KERNELS = kernels.Kernels("cpu", "cpu")
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3))
+@functools.partial(kernels.traced_with, _CPU_KERNELS)
+def _apply_cpu_kernels(model, variables, images, train=False,
+                       dropout_key=None):
   rngs = {} if dropout_key is None else {"dropout": dropout_key}
   return model.apply(variables, images, train=train, rngs=rngs)
 
@@ -166,8 +178,9 @@ def test_conv_vit_last_block_at_rate_one_is_the_identity():
   got = _apply(model, variables, images, True, jax.random.key(3))
   np.testing.assert_array_equal(got, want)
   # And the chunked train path (2 rows per chunk) agrees.
-  chunked = _apply(_model("conv_vit", drop_path_rate=1.0, chunk_size=2),
-                   variables, images, True, jax.random.key(3))
+  chunked = _apply_cpu_kernels(
+      _model("conv_vit", drop_path_rate=1.0, chunk_size=2), variables, images,
+      True, jax.random.key(3))
   np.testing.assert_allclose(chunked, want, rtol=1e-5, atol=1e-6)
 
 
@@ -208,7 +221,7 @@ def test_blocks_with_unit_scales_are_the_blocks_without(block_cls, args, name):
 
 
 def test_conv_vit_chunks_keep_each_rows_masks_and_gradients():
-  """The chunked train path (``fast_ops.map_in_chunks``, rows interleaved
+  """The chunked train path (``kernels.map_in_chunks``, rows interleaved
   over chunks) draws the whole batch's masks once and slices them with the
   images: outputs and gradients are the unchunked run's."""
   images = _images(batch=8)
@@ -223,7 +236,8 @@ def test_conv_vit_chunks_keep_each_rows_masks_and_gradients():
                            rngs={"dropout": key})
       return jnp.sum(jnp.sin(logits)), logits
 
-    return jax.jit(jax.grad(loss, has_aux=True))(variables["params"])
+    return jax.jit(kernels.traced_with(_CPU_KERNELS, jax.grad(
+        loss, has_aux=True)))(variables["params"])
 
   whole_grads, whole = loss_and_grads(0)
   chunked_grads, chunked = loss_and_grads(2)

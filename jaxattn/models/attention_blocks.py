@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import layers
+from jaxattn.models import kernels, layers
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -295,7 +295,7 @@ class MultiHeadSelfAttention(nn.Module):
   PyTorch's default Linear init; head h owns features h*D/heads ..
   (h+1)*D/heads - 1 (PyTorch's ``nn.MultiheadAttention`` order), scores are
   scaled by 1/sqrt(D/heads) and softmaxed over the keys by
-  ``jax.nn.dot_product_attention`` (float32 softmax under bfloat16).
+  ``kernels.attention`` (float32 softmax under bfloat16).
 
   Flax names <- ``nn.MultiheadAttention``: ``{query,key,value}/kernel <-
   in_proj_weight[{0,1,2}*D:(+1)*D].T`` (biases likewise), ``out <- out_proj``.
@@ -323,7 +323,7 @@ class MultiHeadSelfAttention(nn.Module):
           b, n, self.num_heads, head_dim)
 
     q, k, v = project("query"), project("key"), project("value")
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    out = kernels.attention(q, k, v, scale=head_dim**-0.5)
     return layers.linear(d, d, "out", self.dtype)(out.reshape(b, n, d))
 
 

@@ -30,10 +30,10 @@ a block's attention branch is a per-image linear map of its input:
 * each LayerNorm's scale and bias are folded into the (tiny) matrices of the
   linear map that follows it, so only the normalisation touches activations;
 * the patch conv (kernel = stride = p) is a reshape and one matmul;
-* GELU, the normalisation and the feed-forward matmuls use the custom
-  gradients of ``fast_ops``, and on CPU the batch runs in chunks of
-  ``chunk_size`` images, each recomputed in the backward pass
-  (``fast_ops.map_in_chunks``): its arrays then stay in cache.
+* GELU, the normalisation and the feed-forward matmuls go through
+  ``kernels``; under the CPU kernels they use custom gradients and the batch
+  runs in chunks of ``chunk_size`` images, each recomputed in the backward
+  pass (``kernels.map_in_chunks``): its arrays then stay in cache.
 
 Parameter names (Flax ``params/...`` <- PyTorch state_dict key, with the
 ``module.`` prefix stripped if the checkpoint came from DataParallel):
@@ -58,7 +58,7 @@ training: each block's attention and feed-forward branch is skipped per
 example, block i of L with probability ``drop_path_rate * i / (L - 1)``, as
 timm does (``layers.drop_path_scales``). The masks are drawn for the whole
 batch before the chunked trunk and sliced with the images
-(``fast_ops.map_in_chunks`` maps over both), so they do not depend on
+(``kernels.map_in_chunks`` maps over both), so they do not depend on
 ``chunk_size``. It creates no parameters.
 
 The attention matrix of every layer is sown into the ``intermediates``
@@ -73,7 +73,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import fast_ops, layers
+from jaxattn.models import kernels, layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -242,10 +242,10 @@ class ConvViTBlock(nn.Module):
   def __call__(self, x: Array, drop_scales: Array | None = None) -> Array:
     dim = x.shape[-1]
     attn_scale, ff_scale = _branch_scales(drop_scales)
-    x = layers.drop_path(self.attn(fast_ops.layer_norm_no_affine(x),
+    x = layers.drop_path(self.attn(kernels.layer_norm_no_affine(x),
                                    self.attn_norm.weights(dim)),
                          attn_scale) + x
-    return layers.drop_path(self.ff(fast_ops.layer_norm_no_affine(x),
+    return layers.drop_path(self.ff(kernels.layer_norm_no_affine(x),
                                     self.ff_norm.weights(dim)), ff_scale) + x
 
 
@@ -259,7 +259,7 @@ class _LayerNorm(nn.Module):
     dim = x.shape[-1]
     scale = self.param("scale", nn.initializers.ones, (dim,), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (dim,), jnp.float32)
-    x = fast_ops.layer_norm_no_affine(x.astype(self.dtype))
+    x = kernels.layer_norm_no_affine(x.astype(self.dtype))
     return x * scale.astype(self.dtype) + bias.astype(self.dtype)
 
 
@@ -274,7 +274,7 @@ def _embed(weights: EmbeddingWeights, images: Array, dtype) -> Array:
   b, h, w, _ = images.shape
   patches = images.reshape(b, h // p, p, w // p, p, c).transpose(
       0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
-  tokens = fast_ops.dense(patches.astype(dtype),
+  tokens = kernels.dense(patches.astype(dtype),
                           weights.patch_kernel.reshape(p * p * c, d),
                           weights.patch_bias)
   return tokens + weights.pos_embedding.reshape(-1, d).astype(dtype)
@@ -325,7 +325,7 @@ def _attention_branch(norm: tuple[Array, Array], weights: dict[str, Linear],
                         jnp.eye(heads, dtype=f32)).reshape(b, d, d)
   unify_kernel, unify_bias = weights["unify_heads"]
   projection = jnp.einsum("de,bef,fg->bdg", v, mixing_t, unify_kernel)
-  # Accumulated in float32 (as fast_ops.dense: bf16 dots then use AMX).
+  # Accumulated in float32: bf16 x bf16 -> f32 dots, one rounding at the end.
   out = jnp.einsum("bnd,bdg->bng", xhat, projection[:, :d].astype(dtype),
                    preferred_element_type=f32)
   offset = projection[:, d] + unify_bias
@@ -337,9 +337,9 @@ def _feed_forward(norm: tuple[Array, Array], weights: tuple[Linear, Linear],
   """``fc2(gelu(fc1(xhat * scale + shift)))``, the affine folded into fc1."""
   scale, shift = norm
   (fc1_kernel, fc1_bias), (fc2_kernel, fc2_bias) = weights
-  hidden = fast_ops.dense(xhat.astype(dtype), scale[:, None] * fc1_kernel,
+  hidden = kernels.dense(xhat.astype(dtype), scale[:, None] * fc1_kernel,
                           shift @ fc1_kernel + fc1_bias)
-  return fast_ops.dense(fast_ops.gelu(hidden), fc2_kernel, fc2_bias)
+  return kernels.dense(kernels.gelu(hidden), fc2_kernel, fc2_bias)
 
 
 def _branch_scales(drop_scales: Array | None
@@ -355,11 +355,11 @@ def _block(weights: BlockWeights, x: Array, head_channels: int, dtype,
   """``ConvViTBlock`` on (B, N, D) tokens; also returns the attention."""
   attn_scale, ff_scale = _branch_scales(drop_scales)
   branch, attention = _attention_branch(weights.attn_norm, weights.attn,
-                                        fast_ops.layer_norm_no_affine(x),
+                                        kernels.layer_norm_no_affine(x),
                                         head_channels, dtype)
   x = layers.drop_path(branch, attn_scale) + x
   branch = _feed_forward(weights.ff_norm, weights.ff,
-                         fast_ops.layer_norm_no_affine(x), dtype)
+                         kernels.layer_norm_no_affine(x), dtype)
   return layers.drop_path(branch, ff_scale) + x, attention
 
 
@@ -372,11 +372,12 @@ class ConvViT(nn.Module):
   statistics, attention scores and softmax, the pool and the head run in
   float32.
 
-  ``chunk_size``: with ``train=True``, images per chunk of the batch (see
-  ``fast_ops.map_in_chunks``; a batch it does not divide runs whole). None
-  picks ``fast_ops.default_chunk_size()``: 8 on CPU, whole batches on
-  accelerators; 0 turns chunking off. With the batch sharded over D devices
-  each chunk is split over them too. The outputs do not depend on it.
+  ``chunk_size``: under the CPU kernels with ``train=True``, images per
+  chunk of the batch (see ``kernels.map_in_chunks``; a batch it does not
+  divide runs whole). None picks ``kernels.CPU_CHUNK_SIZE``; 0 turns
+  chunking off. The plain kernels (GPUs, TPUs) never chunk. With the batch
+  sharded over D devices each chunk is split over them too. The outputs do
+  not depend on it.
 
   ``drop_path_rate``: stochastic depth with ``train=True`` (module
   docstring); needs the ``"dropout"`` RNG stream when it is not 0.
@@ -414,8 +415,8 @@ class ConvViT(nn.Module):
         attentions.append(attention)
       return x, (attentions if record else [])
 
-    x, attentions = fast_ops.map_in_chunks(trunk, (images, drop_scales),
-                                           chunk_size)
+    x, attentions = kernels.map_in_chunks(trunk, (images, drop_scales),
+                                          chunk_size)
     for block, attention in zip(blocks, attentions):
       block.record(attention)
     return x
@@ -434,12 +435,13 @@ class ConvViT(nn.Module):
     embedding = Embedding(d, self.patch_size, self.dtype, name="embedding")
     blocks = [ConvViTBlock(hc, self.mlp_ratio, self.dtype, name=f"layers_{i}")
               for i in range(self.depth)]
-    chunk_size = (fast_ops.default_chunk_size() if self.chunk_size is None
+    chunk_size = (kernels.CPU_CHUNK_SIZE if self.chunk_size is None
                   else self.chunk_size)
     b, h, w, _ = images.shape
     drop_scales = layers.drop_path_scales(self, b, self.drop_path_rate,
                                           self.depth, train=train)
-    if train and chunk_size and b > chunk_size and not b % chunk_size:
+    if (train and kernels.active().cpu and chunk_size and b > chunk_size
+        and not b % chunk_size):
       x = self._chunked_trunk(images, drop_scales, embedding, blocks,
                               chunk_size)
       x = x.reshape(b, h // self.patch_size, w // self.patch_size, d)
@@ -448,7 +450,7 @@ class ConvViT(nn.Module):
       for block, scales in zip(blocks, drop_scales):
         x = block(x, scales)
     x = _LayerNorm(self.dtype, name="norm")(x)
-    x = fast_ops.gelu(x)  # The seed applies GELU before pooling.
+    x = kernels.gelu(x)  # The seed applies GELU before pooling.
     x = jnp.mean(x, axis=(1, 2), dtype=jnp.float32)
     # A float32 head keeps logits exact for the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,

@@ -81,7 +81,7 @@ import numpy as np
 
 from jaxattn import losses, weights
 from jaxattn.configlib import ConfigError
-from jaxattn.models import layers
+from jaxattn.models import kernels, layers
 from jaxattn.models.interface import INPUT_FEATURES, ModelInterface
 from jaxattn.models.registry import register
 
@@ -144,11 +144,11 @@ class _MlpBlock(nn.Module):
 
 def _fused_attention(query: Array, key: Array, value: Array,
                      mask: Array | None = None) -> Array:
-  """softmax(q k^T / sqrt(d)) v by ``jax.nn.dot_product_attention``, which
-  picks a fused kernel where the platform has one (cuDNN's on GPUs) and XLA's
-  otherwise; Flax's default computes the same unfused. No dropout: the
-  backbone is frozen and vit_jax fine-tuned it without."""
-  return jax.nn.dot_product_attention(query, key, value, mask=mask)
+  """softmax(q k^T / sqrt(d)) v by ``kernels.attention``: cuDNN's fused
+  kernel on a GPU under bfloat16, XLA's otherwise; Flax's default computes
+  the same unfused. No dropout: the backbone is frozen and vit_jax
+  fine-tuned it without."""
+  return kernels.attention(query, key, value, mask=mask)
 
 
 class _EncoderBlock(nn.Module):
@@ -414,14 +414,8 @@ class BottleneckRefinement(nn.Module):
 
 class SameConv1D(nn.Module):
   """``nn.Conv(features, (k,), padding="SAME", feature_group_count=groups)``
-  on (B, L, C), as a sum of per-tap matmuls over the taps that reach data.
-
-  The same parameters (kernel [k, C/groups, features], bias) and outputs as
-  ``nn.Conv``, computed without XLA's convolution: on the fusion head's
-  length-2 sequences a 'same' kernel of k taps only ever multiplies its
-  2L - 1 = 3 middle taps with data, the rest with padding, and XLA:CPU ran the
-  depthwise k=250 conv's weight gradient as a dilated convolution over all
-  taps (a quarter of a second per step at batch 64). ``groups`` is 1 or C
+  on (B, L, C): the same parameters (kernel [k, C/groups, features], bias)
+  and outputs, computed by ``kernels.conv1d_same``. ``groups`` is 1 or C
   (depthwise, output channel c * multiplier + m reads input channel c).
   """
 
@@ -433,7 +427,7 @@ class SameConv1D(nn.Module):
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    length, channels = x.shape[-2], x.shape[-1]
+    channels = x.shape[-1]
     if self.groups not in (1, channels) or self.features % self.groups:
       raise ConfigError(
           f"SameConv1D supports groups=1 or depthwise groups={channels} with "
@@ -444,21 +438,8 @@ class SameConv1D(nn.Module):
                          self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, (self.features,),
                       jnp.float32)
-    x = x.astype(self.dtype)
-    kernel = kernel.astype(self.dtype)
-    if self.groups > 1:  # Depthwise: repeat each input channel per output.
-      x = jnp.repeat(x, self.features // channels, axis=-1)
-    left = (self.kernel_size - 1) // 2  # 'SAME': the odd one out on the right.
-    padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(length, length), (0, 0)])
-    out = None
-    # out[t] = sum_j x[t + j - left] * kernel[j], x zero outside [0, L).
-    for tap in range(max(0, left - length + 1),
-                     min(self.kernel_size, left + length)):
-      start = length + tap - left
-      window = padded[..., start:start + length, :]
-      term = (window * kernel[tap, 0] if self.groups > 1
-              else window @ kernel[tap])
-      out = term if out is None else out + term
+    out = kernels.conv1d_same(x.astype(self.dtype), kernel.astype(self.dtype),
+                              self.groups)
     return out + bias.astype(self.dtype)
 
 

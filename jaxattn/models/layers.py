@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import fast_ops
+from jaxattn.models import kernels
 
 Array = jax.Array
 
@@ -61,8 +61,8 @@ def linear(features: int, fan_in: int, name: str, dtype: Any) -> nn.Dense:
 
 
 class Linear(nn.Module):
-  """``nn.Dense`` (same parameters, init hooks and outputs) whose weight
-  gradient XLA:CPU computes faster (``fast_ops.dense``).
+  """``nn.Dense`` (same parameters, init hooks and outputs), computed by
+  ``kernels.dense`` (under the CPU kernels, a faster weight gradient).
 
   ``bias_init`` receives the fan-in and returns the initializer (PyTorch's
   default: ``bias_init``); kernels are [fan_in, features], float32.
@@ -81,7 +81,7 @@ class Linear(nn.Module):
                         jnp.float32)
     bias = self.param("bias", self.bias_init(fan_in), (self.features,),
                       jnp.float32) if self.use_bias else None
-    return fast_ops.dense(x.astype(self.dtype), kernel, bias)
+    return kernels.dense(x.astype(self.dtype), kernel, bias)
 
 
 def zeros_bias(fan_in: int) -> nn.initializers.Initializer:
@@ -92,8 +92,8 @@ def zeros_bias(fan_in: int) -> nn.initializers.Initializer:
 
 class Conv2d(nn.Module):
   """``nn.Conv`` (same parameters, init and outputs) on NHWC maps, computed
-  by ``fast_ops.conv2d``: strided convolutions whose kernel the stride
-  divides run as stride-1 convolutions of space-to-depth blocks.
+  by ``kernels.conv2d`` (``lax.conv_general_dilated``; under the CPU kernels
+  strided convolutions run as stride-1 ones over space-to-depth blocks).
 
   ``padding`` is explicit ((top, bottom), (left, right)); groups are 1.
   """
@@ -112,7 +112,7 @@ class Conv2d(nn.Module):
     kernel = self.param("kernel", self.kernel_init,
                         (*self.kernel_size, x.shape[-1], self.features),
                         jnp.float32)
-    y = fast_ops.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
+    y = kernels.conv2d(x.astype(self.dtype), kernel.astype(self.dtype),
                         self.strides, self.padding)
     if self.use_bias:
       bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
@@ -148,8 +148,8 @@ def conv(features: int, kernel_size: tuple[int, int], fan_in: int, name: str,
 class BatchNorm(nn.Module):
   """``nn.BatchNorm`` over all axes but the last, with its variables
   (``params`` scale/bias, ``batch_stats`` mean/var), init, running-average
-  update and outputs; training mode runs ``fast_ops.batch_norm``, whose
-  statistics and gradients XLA:CPU computes faster than autodiff's.
+  update and outputs; training mode runs ``kernels.batch_norm`` (under the
+  CPU kernels, statistics and gradients XLA:CPU computes faster).
   """
 
   use_running_average: bool = False
@@ -170,7 +170,7 @@ class BatchNorm(nn.Module):
       y = (x - ra_mean.value) * (jax.lax.rsqrt(ra_var.value + self.epsilon) *
                                  scale) + bias
       return y.astype(self.dtype)
-    y, mean, var = fast_ops.batch_norm(x, scale, bias, self.epsilon)
+    y, mean, var = kernels.batch_norm(x, scale, bias, self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var

@@ -74,7 +74,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import fast_ops, layers
+from jaxattn.models import kernels, layers
 from jaxattn.models.attention_blocks import GSoP
 from jaxattn.models.interface import ModelInterface
 from jaxattn.models.registry import register
@@ -101,51 +101,16 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 def _conv(features: int, kernel: int, stride: int, name: str,
           dtype: Any) -> nn.Module:
-  """Bias-free ``Conv2d`` with PyTorch's symmetric padding ``kernel // 2``.
-
-  Explicit padding, never "SAME": with stride 2 on an even input Flax's SAME
-  pads (0, 1), PyTorch pads (1, 1), and every output shifts by a pixel.
-  """
-  return Conv2d(features, kernel, stride, dtype, name=name)
-
-
-# Output maps up to this many pixels are convolved as one matmul (im2col).
-SMALL_MAP_PIXELS = 4
-
-
-class Conv2d(nn.Module):
   """``torch.nn.Conv2d(kernel, stride, padding=kernel // 2, bias=False)``.
 
-  ``nn.Conv``'s parameter (``kernel`` [k, k, in, out], torchvision's init).
-  Output maps of at most ``SMALL_MAP_PIXELS`` pixels are computed as one
-  matmul of the gathered k*k*in patches (im2col): XLA:CPU hands such
-  convolutions (layer4's 3x3 convs at 2x2 for 64 px inputs) to a generic
-  fallback that took ~0.2 s per conv at batch 32, forward and backward each.
-  The patches are small there: at most 4 pixels per image.
+  ``nn.Conv``'s parameter (``kernel`` [k, k, in, out]) with torchvision's
+  init. Explicit padding, never "SAME": with stride 2 on an even input Flax's
+  SAME pads (0, 1), PyTorch pads (1, 1), and every output shifts by a pixel.
   """
-
-  features: int
-  kernel_size: int
-  stride: int = 1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    k, s = self.kernel_size, self.stride
-    pad = k // 2
-    kernel = self.param("kernel", conv_kernel_init,
-                        (k, k, x.shape[-1], self.features), jnp.float32)
-    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
-    b, h, w, c = x.shape
-    out_h, out_w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
-    if out_h * out_w > SMALL_MAP_PIXELS:  # 1x1/2 downsamples subsample first.
-      return fast_ops.conv2d(x, kernel, (s, s), ((pad, pad), (pad, pad)))
-    x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    # Tap (i, j) of every output pixel, stacked in the kernel's (i, j, c) order.
-    taps = [x[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s]
-            for i in range(k) for j in range(k)]
-    patches = jnp.concatenate(taps, axis=-1)
-    return patches @ kernel.reshape(k * k * c, self.features)
+  pad = kernel // 2
+  return layers.Conv2d(features, (kernel, kernel), (stride, stride),
+                       ((pad, pad), (pad, pad)), use_bias=False, dtype=dtype,
+                       kernel_init=conv_kernel_init, name=name)
 
 
 def _dense(features: int, name: str) -> nn.Module:
@@ -158,9 +123,9 @@ def max_pool_3x3_s2(x: Array) -> Array:
 
   The window max reduces from -inf and pads with that init value, so the
   padding cannot win a window, as in PyTorch (tested with negative inputs);
-  ``fast_ops.max_pool_3x3_s2`` routes the gradient as XLA does, faster.
+  under the CPU kernels its gradient is routed as XLA does, faster.
   """
-  return fast_ops.max_pool_3x3_s2(x)
+  return kernels.max_pool_3x3_s2(x)
 
 
 class SLayer(nn.Module):

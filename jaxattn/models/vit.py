@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import fast_ops, layers
+from jaxattn.models import kernels, layers
 from jaxattn.models.registry import register
 
 Array = jax.Array
@@ -94,8 +94,8 @@ class PatchEmbedding(nn.Module):
 class MultiHeadSelfAttention(nn.Module):
   """``nn.MultiheadAttention(D, heads)`` self-attention with separate q/k/v.
 
-  Uses ``jax.nn.dot_product_attention``, which keeps the scores and softmax in
-  float32 for bfloat16 inputs.
+  Attention is ``kernels.attention`` (``jax.nn.dot_product_attention``, which
+  keeps the scores and softmax in float32 for bfloat16 inputs).
   """
 
   num_heads: int
@@ -116,7 +116,7 @@ class MultiHeadSelfAttention(nn.Module):
       return dense(x).reshape(b, n, self.num_heads, head_dim)
 
     q, k, v = project("query"), project("key"), project("value")
-    out = jax.nn.dot_product_attention(q, k, v, scale=head_dim**-0.5)
+    out = kernels.attention(q, k, v, scale=head_dim**-0.5)
     # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
     return layers.Linear(d, self.dtype, bias_init=layers.zeros_bias,
                          name="out")(out.reshape(b, n, d))
@@ -132,7 +132,7 @@ class MlpBlock(nn.Module):
   def __call__(self, x: Array) -> Array:
     d = x.shape[-1]
     x = layers.Linear(self.mlp_dim, self.dtype, name="fc1")(x)
-    x = fast_ops.gelu(x)  # torch.nn.GELU is erf-exact.
+    x = kernels.gelu(x)  # torch.nn.GELU is erf-exact.
     return layers.Linear(d, self.dtype, name="fc2")(x)
 
 

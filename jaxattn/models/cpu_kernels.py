@@ -1,6 +1,8 @@
-"""Custom-gradient building blocks that XLA:CPU runs faster than autodiff's.
+"""The CPU kernels: rewrites of plain ops that XLA:CPU runs faster.
 
-Each function equals the plain expression in its docstring (the same values
+``kernels`` picks these where a step is compiled for the CPU (never on a
+GPU or TPU, where the barriers below would stop XLA's fusions). Each
+function equals the plain expression in its docstring (the same values
 up to float rounding, exact gradients); only what XLA computes, stores and
 transposes changes. Each rule below came out of a profile of a train step
 (seeds 004, 003 and 001; ``benchmarks/README.md``):
@@ -29,6 +31,16 @@ transposes changes. Each rule below came out of a profile of a train step
   view of the input. XLA:CPU differentiates a strided convolution into an
   lhs-dilated one for the input gradient and ran that through a generic
   loop: seed 003's 6x6 stride-2 convs were the largest ops of its profile.
+  Output maps of at most ``SMALL_MAP_PIXELS`` pixels are one matmul of the
+  gathered k*k*in patches (im2col): XLA:CPU hands such convolutions
+  (SL-ResNet's layer4 3x3 convs at 2x2 for 64 px inputs) to a generic
+  fallback that took ~0.2 s per conv at batch 32, forward and backward each.
+* ``conv1d_same``: a 'SAME' 1-D convolution as a sum of per-tap matmuls
+  over the taps that reach data. On the hybrid fusion head's length-2
+  sequences a kernel of k taps only ever multiplies its 2L - 1 = 3 middle
+  taps with data, and XLA:CPU ran the depthwise k=250 conv's weight gradient
+  as a dilated convolution over all taps (a quarter of a second per step at
+  batch 64).
 * ``map_in_chunks``: runs a per-example function over slices of the batch,
   each recomputed in the backward pass (``jax.checkpoint``), so a chunk's
   forward and backward both work on cache-sized arrays; a whole batch of
@@ -54,6 +66,8 @@ Array = jax.Array
 _SQRT_HALF = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 LAYER_NORM_EPS = 1e-5  # torch.nn.LayerNorm's default.
+# Convolutions whose output maps have at most this many pixels run as im2col.
+SMALL_MAP_PIXELS = 4
 
 
 @jax.custom_vjp
@@ -273,6 +287,10 @@ def conv2d(x: Array, kernel: Array, strides: tuple[int, int],
   """
   (sh, sw), (kh, kw) = strides, kernel.shape[:2]
   dimension_numbers = ("NHWC", "HWIO", "NHWC")
+  out_h = (x.shape[1] + sum(padding[0]) - kh) // sh + 1
+  out_w = (x.shape[2] + sum(padding[1]) - kw) // sw + 1
+  if out_h * out_w <= SMALL_MAP_PIXELS:
+    return _im2col_conv(x, kernel, strides, padding, (out_h, out_w))
   if kh == kw == 1:  # A matmul over channels, of the subsampled map.
     x = jnp.pad(x, ((0, 0), *padding, (0, 0)))[:, ::sh, ::sw]
     return dense(x, kernel.reshape(kernel.shape[2:]))
@@ -294,6 +312,39 @@ def conv2d(x: Array, kernel: Array, strides: tuple[int, int],
   y = jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID",
                                    dimension_numbers=dimension_numbers)
   return y[:, :out_h, :out_w]
+
+
+def _im2col_conv(x, kernel, strides, padding, out_shape):
+  """The convolution as one matmul of the stacked taps (small maps only)."""
+  (sh, sw), (kh, kw), (out_h, out_w) = strides, kernel.shape[:2], out_shape
+  x = jnp.pad(x, ((0, 0), *padding, (0, 0)))
+  # Tap (i, j) of every output pixel, stacked in the kernel's (i, j, c) order.
+  taps = [x[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw]
+          for i in range(kh) for j in range(kw)]
+  patches = jnp.concatenate(taps, axis=-1)
+  return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
+def conv1d_same(x: Array, kernel: Array, groups: int) -> Array:
+  """``lax.conv_general_dilated(x, kernel, (1,), "SAME",
+  feature_group_count=groups)`` on (B, L, C) x [k, C/groups, F]; groups is
+  1 or C (depthwise: output channel c * F/C + m reads input channel c)."""
+  length, channels = x.shape[-2], x.shape[-1]
+  kernel_size, features = kernel.shape[0], kernel.shape[-1]
+  if groups not in (1, channels):
+    raise ValueError(f"conv1d_same takes groups=1 or {channels}, not {groups}.")
+  if groups > 1:  # Depthwise: repeat each input channel per output.
+    x = jnp.repeat(x, features // channels, axis=-1)
+  left = (kernel_size - 1) // 2  # 'SAME': the odd one out on the right.
+  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(length, length), (0, 0)])
+  out = None
+  # out[t] = sum_j x[t + j - left] * kernel[j], x zero outside [0, L).
+  for tap in range(max(0, left - length + 1), min(kernel_size, left + length)):
+    start = length + tap - left
+    window = padded[..., start:start + length, :]
+    term = window * kernel[tap, 0] if groups > 1 else window @ kernel[tap]
+    out = term if out is None else out + term
+  return out
 
 
 def map_in_chunks(fn: Callable[[Any], Any], x: Any, chunk_size: int) -> Any:
@@ -324,10 +375,3 @@ def map_in_chunks(fn: Callable[[Any], Any], x: Any, chunk_size: int) -> Any:
   return jax.tree.map(
       lambda y: y.swapaxes(0, 1).reshape(batch, *y.shape[2:]), outputs)
 
-
-def default_chunk_size() -> int:
-  """8 rows per chunk on CPU (measured best); whole batches elsewhere.
-
-  Accelerators want large matmuls and have no 2 MiB cache to stay within.
-  """
-  return 8 if jax.default_backend() == "cpu" else 0

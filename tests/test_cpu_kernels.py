@@ -1,4 +1,4 @@
-"""jaxattn.models.fast_ops.conv2d and layers.Conv2d: the space-to-depth
+"""jaxattn.models.cpu_kernels.conv2d and layers.Conv2d: the space-to-depth
 form of strided convolutions equals XLA's convolution, forward and backward,
 and the layer has nn.Conv's parameters, init and outputs."""
 
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxattn.models import fast_ops, layers
+from jaxattn.models import cpu_kernels, layers
 
 
 def _lax_conv(x, kernel, strides, padding):
@@ -50,12 +50,12 @@ def test_conv2d_equals_lax_conv_forward_and_backward(h, w, kernel_size,
 
   expected = _lax_conv(x, kernel, strides, padding)
   with jax.default_matmul_precision("float32"):
-    got = fast_ops.conv2d(x, kernel, strides, padding)
+    got = cpu_kernels.conv2d(x, kernel, strides, padding)
   assert got.shape == expected.shape
   scale = float(jnp.abs(expected).max())
   np.testing.assert_allclose(got, expected, atol=2e-6 * scale, rtol=0)
   expected_grads = jax.grad(loss, argnums=(1, 2))(_lax_conv, x, kernel)
-  grads = jax.grad(loss, argnums=(1, 2))(fast_ops.conv2d, x, kernel)
+  grads = jax.grad(loss, argnums=(1, 2))(cpu_kernels.conv2d, x, kernel)
   for g, e in zip(grads, expected_grads):
     np.testing.assert_allclose(g, e, atol=2e-6 * float(jnp.abs(e).max()),
                                rtol=0)
@@ -99,10 +99,10 @@ def test_max_pool_gradient_goes_where_xla_routes_it(shape):
   def xla_pool(x):
     return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
 
-  np.testing.assert_array_equal(fast_ops.max_pool_3x3_s2(x), xla_pool(x))
+  np.testing.assert_array_equal(cpu_kernels.max_pool_3x3_s2(x), xla_pool(x))
   cotangent = jnp.asarray(rng.standard_normal(xla_pool(x).shape), jnp.float32)
   expected = jax.grad(lambda x: jnp.sum(xla_pool(x) * cotangent))(x)
-  got = jax.grad(lambda x: jnp.sum(fast_ops.max_pool_3x3_s2(x) * cotangent))(x)
+  got = jax.grad(lambda x: jnp.sum(cpu_kernels.max_pool_3x3_s2(x) * cotangent))(x)
   # Equal up to the order of the sums where windows overlap.
   np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
   # Each window's cotangent goes to one pixel only: totals are conserved.
