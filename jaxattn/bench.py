@@ -41,6 +41,7 @@ figure is printed and, with ``--json``, written as one JSON object.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -182,9 +183,15 @@ class CompiledStep:
   batch_size: int
   lower_s: float
   compile_s: float
-  flops: float  # Per call, from XLA's cost analysis; 0 when unknown.
+  # FLOPs per call from XLA's cost analysis (0 when unknown), counted on
+  # first use: read it after timing, since it may compile another program.
+  count_flops: Callable[[], float]
   run: Callable[[], None]
   hlo_text: Callable[[], str]
+
+  @functools.cached_property
+  def flops(self) -> float:
+    return self.count_flops()
 
 
 @dataclasses.dataclass
@@ -250,15 +257,17 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
     current["state"], _ = train_compiled(current["state"], batch)
     jax.block_until_ready(current["state"])
 
-  train_flops = _flops(train_compiled, exp.mesh.size)
-  if exp.kernels.cpu:
+  def train_flops():
+    if not exp.kernels.cpu:
+      return _flops(train_compiled, exp.mesh.size)
     # The model's FLOPs are those of its plain ops: XLA's cost analysis
     # counts a loop body once (conv_vit's chunks) and would not count the
     # CPU kernels' recomputation as the model's.
     flops_fn = exp.make_train_fn(donate=False, step_kernels=kernels.Kernels(
         "plain", exp.kernels.platform))
-    train_flops = _flops(flops_fn.lower(current["state"], batch).compile(),
-                         exp.mesh.size)
+    return _flops(flops_fn.lower(current["state"], batch).compile(),
+                  exp.mesh.size)
+
   train_step = CompiledStep(batch_size, lower_s, compile_s, train_flops,
                             train_once, train_compiled.as_text)
   eval_step = None
@@ -271,8 +280,8 @@ def build_steps(config, *, batch_size: int, eval_batch_size: int = 0
       jax.block_until_ready(eval_compiled(current["state"], eval_batch))
 
     eval_step = CompiledStep(eval_batch_size, eval_lower_s, eval_compile_s,
-                             _flops(eval_compiled, exp.mesh.size), eval_once,
-                             eval_compiled.as_text)
+                             lambda: _flops(eval_compiled, exp.mesh.size),
+                             eval_once, eval_compiled.as_text)
   return Steps(config=config, num_params=exp.num_params(),
                mesh_devices=exp.mesh.size, kernels=exp.kernels.name,
                example_shape=tuple(shape), train=train_step, eval=eval_step)
