@@ -252,15 +252,14 @@ class Experiment:
   # --------------------------------------------------------------------------
   # Compiled steps.
   # --------------------------------------------------------------------------
-  def make_train_fn(self, model=None, *, donate: bool = True,
+  def make_train_fn(self, *, donate: bool = True,
                     step_kernels: kernels.Kernels | None = None):
-    """The jitted train step; ``model`` replaces the experiment's (bench
-    counts FLOPs on an unchunked clone), ``step_kernels`` the kernels
-    chosen for this experiment's devices (a step exported for another
-    platform)."""
+    """The jitted train step; ``step_kernels`` replaces the kernels chosen
+    for this experiment's devices (bench counts the plain step's FLOPs; a
+    step exported for another platform)."""
     return jax.jit(
         kernels.traced_with(step_kernels or self.kernels, functools.partial(
-            steps.train_step, model=model or self.model,
+            steps.train_step, model=self.model,
                           tx=self.tx, learning_rate_fn=self.learning_rate_fn,
                           num_classes=self.config.num_classes,
                           loss_spec=self.loss_spec, method=self.apply_method,
