@@ -29,5 +29,5 @@ def get_config(arg=None):
   c.log_every_steps = 20
   if arg.smoke:
     # No aircraft metadata exists without the folder: 100-class mock images.
-    recipes.shrink_resnet_for_smoke(c, "mock:cifar100")
+    recipes.shrink_for_smoke(c, "mock:cifar100")
   return c

@@ -26,5 +26,5 @@ def get_config(arg=None):
   c.num_epochs = arg.epochs
   c.log_every_steps = 50
   if arg.smoke:
-    recipes.shrink_resnet_for_smoke(c, "mock:cifar100")
+    recipes.shrink_for_smoke(c, "mock:cifar100")
   return c

@@ -27,5 +27,5 @@ def get_config(arg=None):
   c.num_epochs = arg.epochs
   c.log_every_steps = 100
   if arg.smoke:
-    recipes.shrink_hybrid_for_smoke(c, "mock:cifar100")
+    recipes.shrink_for_smoke(c, "mock:cifar100")
   return c

@@ -32,5 +32,5 @@ def get_config(arg=None):
   c.num_epochs = arg.epochs
   c.log_every_steps = 200
   if arg.smoke:
-    recipes.shrink_hybrid_for_smoke(c, "mock:food101")
+    recipes.shrink_for_smoke(c, "mock:food101")
   return c

@@ -19,7 +19,8 @@ predicted class.
   is spatial (``[N, H, W, C]`` maps or ``[N, 1 + h*w, D]`` tokens):
   ``ReLU(sum_k alpha_k f_k)`` with ``alpha_k`` the spatial mean of the class
   score's gradient. ``--layer`` names the module by its parameter path; the
-  default per architecture is in ``ARCHITECTURES``.
+  default per model is its spec's ``ExplainHooks.gradcam_layer``
+  (``jaxattn/models/<family>/__init__.py``).
 * ``attention`` (ViTs with token self-attention: vit, hybrid): attention
   rollout (Abnar & Zuidema 2020; heads averaged, identity added for the
   residual, layers multiplied) from the class token to the patches, and a
@@ -38,7 +39,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -48,97 +49,21 @@ import ml_collections
 import numpy as np
 from absl import app, flags, logging
 
-from jaxattn import inference
+from jaxattn import inference, models
 from jaxattn.inference import InputError, Run
 
 METHODS = ("cam", "gradcam", "attention")
 _BATCH_SIZE = 32
 
 
-# ----------------------------------------------------------------------------
-# What each architecture offers, keyed by config.model.name.
-# ----------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class CamHead:
-  """A head that is linear in the global average pool of one feature map.
-
-  ``features`` matches the module whose output, after ``activation``, the
-  pool averages; ``dense_chains`` lists the Dense layers from the pooled
-  vector to the logits (the first chain whose layers all exist is used; a
-  chain without activations in between is one linear map).
-  """
-
-  features: str
-  dense_chains: tuple[tuple[str, ...], ...]
-  activation: Callable[[jax.Array], jax.Array] = lambda x: x
-
-  def linear_map(self, params) -> tuple[jax.Array, jax.Array]:
-    """(W [C, K], b [K]) with logits = mean_xy(features) @ W + b."""
-    for chain in self.dense_chains:
-      if all(name in params for name in chain):
-        weight = params[chain[0]]["kernel"]
-        bias = params[chain[0]].get("bias", jnp.zeros(weight.shape[1]))
-        for name in chain[1:]:
-          kernel = params[name]["kernel"]
-          weight, bias = weight @ kernel, bias @ kernel
-          bias = bias + params[name].get("bias", 0.0)
-        return weight, bias
-    raise InputError(f"None of the head layers {self.dense_chains} are in "
-                     "the model's parameters.")
-
-
-@dataclasses.dataclass(frozen=True)
-class Architecture:
-  """gradcam_layer / attention: regexes over '/'-joined module paths; the
-  default Grad-CAM layer is the last module (in call order) that matches."""
-
-  gradcam_layer: str = ""  # "": the last module with a spatial output.
-  cam: CamHead | None = None
-  attention: str = ""  # Token self-attention modules with query/key children.
-  no_cam: str = ("its logits are not a linear function of a global average "
-                 "pool")
-  no_attention: str = "it has no token self-attention"
-
-
-# "fc": torchvision's head; fc_0/2/4: seed 001's Linear-Dropout-Linear-
-# Dropout-Linear, linear at evaluation (no activations, dropout off).
-_RESNET_CAM = CamHead(features=r"layer4_\d+",
-                      dense_chains=(("fc",), ("fc_0", "fc_2", "fc_4")))
-
-ARCHITECTURES: dict[str, Architecture] = {
-    # The last block's LayerNorm: its output feeds the attention, so every
-    # token gets a gradient (the block's own output reaches the head only
-    # through the class token).
-    "vit": Architecture(
-        gradcam_layer=r"transformer_encoder_\d+/layer_norm",
-        attention=r"transformer_encoder_\d+/self_attention",
-        no_cam="it classifies from the class token, not a global average "
-        "pool"),
-    "conv_vit": Architecture(
-        gradcam_layer="norm",
-        cam=CamHead(features="norm", dense_chains=(("head",),),
-                    activation=lambda x: nn.gelu(x, approximate=False)),
-        no_attention="its attention (seed 004) mixes channels, not "
-        "positions, so it has no spatial attention map"),
-    "slresnet": Architecture(gradcam_layer=r"layer4_\d+", cam=_RESNET_CAM),
-    "gsop_resnet": Architecture(gradcam_layer=r"layer4_\d+", cam=_RESNET_CAM),
-    "se_cnn": Architecture(gradcam_layer="se_11",
-                           no_cam="it flattens its last map into Dense "
-                           "layers instead of pooling it"),
-    "sa_cnn": Architecture(gradcam_layer="sa_11",
-                           no_cam="it flattens its last map into Dense "
-                           "layers instead of pooling it"),
-    "hybrid": Architecture(
-        gradcam_layer=r"backbone/Transformer/encoderblock_\d+/LayerNorm_0",
-        attention=r"backbone/Transformer/encoderblock_\d+/"
-        r"MultiHeadDotProductAttention_1",
-        no_cam="its heads read the backbone's class-token logits"),
-}
-
-
-def architecture(run: Run) -> Architecture:
-  """The model's entry; unknown models get Grad-CAM on their last map."""
-  return ARCHITECTURES.get(run.config.model.name, Architecture())
+def architecture(run: Run) -> models.ExplainHooks:
+  """Where the run's model is explained: its ``ModelSpec.explain``; a
+  module that is not registered gets the defaults (Grad-CAM on its last
+  spatial output)."""
+  name = run.config.model.name
+  if name not in models.known_models():
+    return models.ExplainHooks()
+  return models.get_spec(name).explain
 
 
 def supported_methods(run: Run) -> list[str]:

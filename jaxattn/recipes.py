@@ -16,7 +16,12 @@ CIFAR_STD = (0.2471, 0.2435, 0.2616)
 
 
 def shrink_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
-  """A few steps of a tiny model variant on mock data: seconds on a CPU."""
+  """A few steps of a tiny model variant on mock data: seconds on a CPU.
+
+  The run's length, batch and splits are set here; what makes the model
+  tiny is its family's ``ModelSpec.shrink_for_smoke``, applied last.
+  """
+  from jaxattn import models  # pylint: disable=g-import-not-at-top
   c.dataset = dataset
   c.num_epochs, c.num_steps = 0, 6
   c.batch_size = c.eval_batch_size = 16
@@ -25,6 +30,7 @@ def shrink_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
   c.cache = True
   c.log_every_steps = 2
   c.shuffle_buffer = 256
+  models.get_spec(c.model.name).shrink_for_smoke(c)
 
 
 def seed004_conv_vit() -> ml_collections.ConfigDict:
@@ -214,25 +220,6 @@ def inception_crop_and_flip(c: ml_collections.ConfigDict,
   c.augment.random_resized_crop = True
   c.augment.crop_scale, c.augment.crop_ratio = area, (3 / 4, 4 / 3)
   c.augment.flip = True
-
-
-def shrink_resnet_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
-  """One block per stage, 8 channels in the stem, dataset's class count."""
-  shrink_for_smoke(c, dataset)
-  c.image_size = (32, 32)
-  c.model.update(dict(stage_sizes=(1, 1, 1, 1), width=8))
-  c.num_classes = 0
-  c.init_from = ""  # ImageNet weights do not fit; smoke runs download nothing.
-
-
-def shrink_hybrid_for_smoke(c: ml_collections.ConfigDict, dataset: str) -> None:
-  """A tiny backbone at 32 px, random weights (no checkpoint offline)."""
-  shrink_for_smoke(c, dataset)
-  c.image_size = (32, 32)
-  c.model.update(dict(patch_size=8, hidden_dim=16, depth=1, num_heads=2,
-                      mlp_dim=32))
-  c.init_from = ""  # Smoke runs download nothing.
-  c.pretrained_required = False
 
 
 def seed000_cifar100_recipe(c: ml_collections.ConfigDict) -> None:

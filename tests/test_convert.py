@@ -440,7 +440,7 @@ def test_bad_torch_files_are_named(damage, torchvision_r50, tmp_path):
 
 
 def _tiny_vit(image_size):
-  from jaxattn.torch_models.hybrid import VisionTransformer  # pylint: disable=g-import-not-at-top
+  from jaxattn.models.hybrid.pytorch import VisionTransformer  # pylint: disable=g-import-not-at-top
   torch.manual_seed(image_size)
   return VisionTransformer(patch_size=8, hidden_dim=16, depth=1, num_heads=2,
                            mlp_dim=32, image_size=image_size).eval()

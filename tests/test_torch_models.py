@@ -29,7 +29,8 @@ from flax import traverse_util  # noqa: E402
 
 from jaxattn import convert  # noqa: E402
 from jaxattn.models import create_model  # noqa: E402
-from jaxattn.torch_models import TORCH_MODELS, create_torch_model  # noqa: E402
+from jaxattn.models import get_spec, known_models  # noqa: E402
+from jaxattn.torch_models import create_torch_model, torch_model_names  # noqa: E402
 
 # name -> (kwargs for both frameworks, NCHW input shape). Tiny, but every code
 # path: non-square images, several heads, every block kind.
@@ -95,10 +96,10 @@ def test_tiny_counts_match_flax(name):
                                   _count(shapes.get("batch_stats", {})))
 
 
-def test_registry_covers_flax_names():
-  assert set(TORCH_MODELS) == {"conv_vit", "vit", "se_cnn", "sa_cnn",
-                               "slresnet", "gsop_resnet", "hybrid",
-                               "hybrid_head"}
+def test_every_registered_model_has_a_twin():
+  assert torch_model_names() == known_models()
+  for name in known_models():
+    assert callable(get_spec(name).load_torch_twin())
   with pytest.raises(ValueError, match="Known PyTorch models"):
     create_torch_model("resnet")
 

@@ -5,9 +5,10 @@
 
 * ``tensors``: the tensor-layout adapter (Dense transpose, conv HWIO <->
   OIHW, fused qkv, channels-first tokens, ...), each rule exact both ways.
-* ``rules``: one rule table per architecture family (Flax module paths <->
-  PyTorch keys, with the kind of layer), grouped into named layouts per model
-  (``LAYOUTS``): the seed authors' modules by default, torchvision / timm /
+* ``rules``: the vocabulary of rule tables (Flax module paths <-> PyTorch
+  keys, with the kind of layer) and ``layouts(model)``: the named layouts
+  each model's ``ModelSpec`` registers (``jaxattn/models/<family>/
+  layouts.py``): the seed authors' modules by default, torchvision / timm /
   vit_jax where an architecture matches them.
 * ``plan``: a layout matched against one model's variables; converts both
   ways, checks every shape, reports every missing/unexpected/mis-shaped key.
@@ -27,12 +28,12 @@ from jaxattn.convert.commands import (
     state_dict_from_variables, to_torch, torch_model_for, torch_model_spec,
     variables_from_state_dict)
 from jaxattn.convert.plan import ConversionError, Plan, make_plan
-from jaxattn.convert.rules import (LAYOUTS, Layout, check_numerics,
-                                   get_layout)
+from jaxattn.convert.rules import (Layout, check_numerics, get_layout,
+                                   layouts)
 
 __all__ = [
-    "ConversionError", "LAYOUTS", "Layout", "Plan", "check_numerics",
-    "flatten_variables", "from_torch", "get_layout", "load_config_file",
+    "ConversionError", "Layout", "Plan", "check_numerics",
+    "flatten_variables", "from_torch", "get_layout", "layouts", "load_config_file",
     "make_plan", "model_shapes", "state_dict_from_variables", "to_torch",
     "torch_model_for", "torch_model_spec", "variables_from_state_dict",
 ]

@@ -107,13 +107,13 @@ def _config_overrides(extra: list[str], parser) -> dict[str, str]:
 
 
 def _print_layouts(model: str | None) -> None:
-  models = [model] if model else list(rules.LAYOUTS)
+  models = [model] if model else rules.models_with_layouts()
   for name in models:
-    if name not in rules.LAYOUTS:
+    if name not in rules.models_with_layouts():
       raise ConversionError(f"No conversion rules for model {name!r}; "
-                            f"models: {', '.join(rules.LAYOUTS)}.")
+                            f"models: {', '.join(rules.models_with_layouts())}.")
     print(f"{name}:")
-    for i, layout in enumerate(rules.LAYOUTS[name].values()):
+    for i, layout in enumerate(rules.layouts(name).values()):
       default = " (default)" if i == 0 else ""
       print(f"  {layout.name}{default}: {layout.description}")
 

@@ -213,7 +213,7 @@ def variables_from_state_dict(state_dict, shapes, model: str,
     return _convert_state_dict(state_dict, shapes, chosen, source)
   except ConversionError as e:
     fits = []
-    for other in rules.LAYOUTS[model].values():
+    for other in rules.layouts(model).values():
       if other.name == chosen.name:
         continue
       try:
@@ -247,7 +247,7 @@ def from_torch(file: str, config: ml_collections.ConfigDict, out_dir: str, *,
     raise ConversionError(f"The config does not build a model: {e}") from None
   name = config.model.name
   if layout is None and files.kind_of(file) == "npz" and (
-      "vit_jax" in rules.LAYOUTS.get(name, {})):
+      "vit_jax" in rules.layouts(name)):
     layout = "vit_jax"
   chosen = _layout(name, layout)
   state_dict, info = files.read_state_dict(file)

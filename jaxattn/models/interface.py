@@ -7,14 +7,21 @@ how a plain ``.npz`` of weights is imported into it. The trainer, the input
 pipeline, bench, inference and the converter ask the interface; none of them
 tests a model's name. Most models need only the defaults; seed 000's hybrid
 (cached backbone features, softmax outputs, a vit_jax backbone file)
-overrides them in ``jaxattn/models/hybrid.py``.
+overrides them in ``jaxattn/models/hybrid/interface.py``.
+
+``ExplainHooks`` says which of ``jaxattn.explain``'s methods fit a model and
+where they look (Grad-CAM's default layer, a CAM head, token attention).
+Both live in the model's ``ModelSpec`` (``registry.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import traverse_util
@@ -82,3 +89,61 @@ class ModelInterface:
 
 
 DEFAULT = ModelInterface()
+
+
+# ----------------------------------------------------------------------------
+# What jaxattn.explain may do with a model.
+# ----------------------------------------------------------------------------
+
+
+def _identity(x: jax.Array) -> jax.Array:
+  return x
+
+
+@dataclasses.dataclass(frozen=True)
+class CamHead:
+  """A head that is linear in the global average pool of one feature map.
+
+  ``features`` matches the module whose output, after ``activation``, the
+  pool averages; ``dense_chains`` lists the Dense layers from the pooled
+  vector to the logits (the first chain whose layers all exist is used; a
+  chain without activations in between is one linear map).
+  """
+
+  features: str
+  dense_chains: tuple[tuple[str, ...], ...]
+  activation: Callable[[jax.Array], jax.Array] = _identity
+
+  def linear_map(self, params) -> tuple[jax.Array, jax.Array]:
+    """(W [C, K], b [K]) with logits = mean_xy(features) @ W + b."""
+    for chain in self.dense_chains:
+      if all(name in params for name in chain):
+        weight = params[chain[0]]["kernel"]
+        bias = params[chain[0]].get("bias", jnp.zeros(weight.shape[1]))
+        for name in chain[1:]:
+          kernel = params[name]["kernel"]
+          weight, bias = weight @ kernel, bias @ kernel
+          bias = bias + params[name].get("bias", 0.0)
+        return weight, bias
+    raise ConfigError(f"None of the head layers {self.dense_chains} are in "
+                      "the model's parameters.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExplainHooks:
+  """Where ``jaxattn.explain`` looks in a model.
+
+  ``gradcam_layer`` and ``attention`` are regexes over '/'-joined module
+  paths: Grad-CAM's default layer is the last module (in call order) that
+  matches ("" = the last module with a spatial output); ``attention``
+  matches token self-attention modules with query/key children ("" = none).
+  ``cam``: the head CAM reads, if the logits are linear in a global average
+  pool. ``no_cam`` / ``no_attention`` say why a method does not apply.
+  """
+
+  gradcam_layer: str = ""
+  cam: CamHead | None = None
+  attention: str = ""
+  no_cam: str = ("its logits are not a linear function of a global average "
+                 "pool")
+  no_attention: str = "it has no token self-attention"

@@ -23,14 +23,14 @@ eps 1e-5 over the channels, GELU before the global average pool.
 block, timm's per-block rates) acts only in ``train()`` mode, with torch's
 RNG; in ``eval()``, where the twins are used for inference and parity, it
 does nothing. It adds no state_dict keys. (Helpers shared with
-``jaxattn.torch_models.vit``.)
+``jaxattn.models.vit.pytorch``.)
 """
 
 import torch
 from torch import nn
 
 from jaxattn.torch_models.patches import patch_grid
-from jaxattn.torch_models.vit import drop_path, drop_path_rates
+from jaxattn.models.vit.pytorch import drop_path, drop_path_rates
 
 
 class Embedding(nn.Module):

@@ -81,7 +81,6 @@ import jax.numpy as jnp
 from jaxattn.configlib import ConfigError
 from jaxattn.models import layers
 from jaxattn.models.attention_blocks import SelfAttention2D, SqueezeExcitation
-from jaxattn.models.registry import register
 
 Array = jax.Array
 
@@ -140,14 +139,12 @@ class AttentionCNN(nn.Module):
     return jax.nn.log_softmax(logits, axis=-1)
 
 
-@register("se_cnn")
 class SECNN(AttentionCNN):
   """Seed 003 notebook 4.2: the CNN with ``SEBlock``s (354,446 params)."""
 
   block: str = "se"
 
 
-@register("sa_cnn")
 class SACNN(AttentionCNN):
   """Seed 003 notebook 4.3: the CNN with SAGAN blocks (356,525 params)."""
 

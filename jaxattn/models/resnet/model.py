@@ -76,8 +76,6 @@ import jax.numpy as jnp
 from jaxattn.configlib import ConfigError
 from jaxattn.models import kernels, layers
 from jaxattn.models.attention_blocks import GSoP
-from jaxattn.models.interface import ModelInterface
-from jaxattn.models.registry import register
 
 Array = jax.Array
 
@@ -307,9 +305,6 @@ class ResNet(nn.Module):
 
 
 # The PyTorch twins pool globally: they do not need the image size.
-_RESNET_INTERFACE = ModelInterface(twin_needs_image_size=False)
-
-
 def _check_depth(model: str, depth: int) -> None:
   if depth not in DEPTHS:
     raise ConfigError(
@@ -317,7 +312,6 @@ def _check_depth(model: str, depth: int) -> None:
         f"{', '.join(map(str, DEPTHS))}.")
 
 
-@register("slresnet", _RESNET_INTERFACE)
 class SLResNet(nn.Module):
   """Seed 001: SL-ResNet-34/50/101/152 as the authors built it.
 
@@ -356,7 +350,6 @@ class SLResNet(nn.Module):
                    dtype=self.dtype, remat=self.remat)
 
 
-@register("gsop_resnet", _RESNET_INTERFACE)
 class GSoPResNet(nn.Module):
   """GSoP-Net1 as in the official code (DERIVED; seed 003 has none).
 

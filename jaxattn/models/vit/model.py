@@ -52,7 +52,6 @@ import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
 from jaxattn.models import kernels, layers
-from jaxattn.models.registry import register
 
 Array = jax.Array
 
@@ -160,7 +159,6 @@ class EncoderBlock(nn.Module):
                                      name="mlp_block")(x), mlp_scale) + x
 
 
-@register("vit")
 class ViT(nn.Module):
   """Seed 002's ViT; defaults are the README's D=256, L=12, 8 heads, P=512.
 

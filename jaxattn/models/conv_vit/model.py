@@ -74,7 +74,6 @@ import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
 from jaxattn.models import kernels, layers
-from jaxattn.models.registry import register
 
 Array = jax.Array
 Linear = tuple[Array, Array]  # (kernel [in, out], bias [out]), float32.
@@ -363,7 +362,6 @@ def _block(weights: BlockWeights, x: Array, head_channels: int, dtype,
   return layers.drop_path(branch, ff_scale) + x, attention
 
 
-@register("conv_vit")
 class ConvViT(nn.Module):
   """Seed 004's fully-convolutional ViT; defaults are the seed's settings.
 
