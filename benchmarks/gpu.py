@@ -11,7 +11,10 @@ prints one Markdown table: train images/s, compile time, and the step's
 achieved FLOP/s as a fraction of the device's measured matmul peak in that
 dtype (``jaxattn.bench``'s ``train_fraction_of_matmul_peak``). The plain
 kernels are what ``config.kernels="auto"`` gives a GPU; the CPU kernels are
-there to show what the XLA:CPU rewrites would cost on it.
+there to show what the XLA:CPU rewrites would cost on it. float32 rows run
+at each config's own ``matmul_precision`` (the seed 002-004 recipes:
+"highest", true float32; seeds 000, 001 and user configs: "default", TF32
+on NVIDIA GPUs); ``--matmul_precision`` sets one for all.
 
 A run that fails or exceeds ``--timeout`` seconds is reported in its row,
 and the table goes on. Defaults: every config in ``configs/`` at its own
@@ -46,7 +49,7 @@ def all_configs() -> list[str]:
 
 
 def bench(config: str, dtype: str, kernels: str, *, steps: int, timeout: int,
-          allow_cpu: bool) -> dict:
+          allow_cpu: bool, matmul_precision: str = "") -> dict:
   """One ``jaxattn.bench`` process; its JSON, or an "error" entry."""
   with tempfile.TemporaryDirectory() as tmp:
     out = os.path.join(tmp, "bench.json")
@@ -57,6 +60,8 @@ def bench(config: str, dtype: str, kernels: str, *, steps: int, timeout: int,
                f"--config.kernels={kernels}"]
     if allow_cpu:
       command.append("--allow_cpu")
+    if matmul_precision:
+      command.append(f"--config.matmul_precision={matmul_precision}")
     start = time.perf_counter()
     try:
       proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
@@ -74,9 +79,10 @@ def bench(config: str, dtype: str, kernels: str, *, steps: int, timeout: int,
 
 def row(config: str, dtype: str, kernels: str, result: dict) -> str:
   if "error" in result:
-    return f"| {config} | {dtype} | {kernels} | {result['error']} | | | | |"
+    return f"| {config} | {dtype} | {kernels} | {result['error']} | | | | | |"
   fraction = result.get("train_fraction_of_matmul_peak")
   return (f"| {config} | {dtype} | {kernels} | "
+          f"{result.get('matmul_precision', '?')} | "
           f"{result['train_images_per_s']:,.0f} | {result['compile_s']:.1f} | "
           f"{'' if fraction is None else f'{fraction:.1%}'} | "
           f"{result['batch_size']} on {result['mesh_devices']} | "
@@ -94,6 +100,9 @@ def main(argv=None) -> int:
   parser.add_argument("--allow_cpu", action="store_true",
                       help="Passed to jaxattn.bench: time the CPU although "
                       "an accelerator plugin is installed.")
+  parser.add_argument("--matmul_precision", default="",
+                      help="default, high or highest for every run; empty: "
+                      "each config's own.")
   parser.add_argument("--json", default="")
   args = parser.parse_args(argv)
   known = set(all_configs())
@@ -102,16 +111,17 @@ def main(argv=None) -> int:
   if unknown:
     parser.error(f"unknown config(s) {unknown}; known: {sorted(known)}")
 
-  print("| config | compute dtype | kernels | train img/s | compile s | "
-        "of matmul peak | batch on devices | device |\n"
-        "|---|---|---|---|---|---|---|---|",
+  print("| config | compute dtype | kernels | matmul precision | train img/s "
+        "| compile s | of matmul peak | batch on devices | device |\n"
+        "|---|---|---|---|---|---|---|---|---|",
         flush=True)
   results = []
   for config in configs:
     for dtype in args.dtypes.split(","):
       for kernels in args.kernels.split(","):
         result = bench(config, dtype, kernels, steps=args.steps,
-                       timeout=args.timeout, allow_cpu=args.allow_cpu)
+                       timeout=args.timeout, allow_cpu=args.allow_cpu,
+                       matmul_precision=args.matmul_precision)
         results.append({**result, "config_file": config,
                         "compute_dtype": dtype, "kernels": kernels})
         print(row(config, dtype, kernels, result), flush=True)

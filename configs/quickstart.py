@@ -35,6 +35,7 @@ def get_config(arg=None):
 
   c.num_epochs = arg.epochs
   c.batch_size = arg.batch
+  c.reference_batch_size = 64  # lr 3e-3 was set for this batch.
   c.eval_batch_size = 128
   c.optimizer.update(name="adamw", weight_decay=0.01)
   c.schedule.update(name="warmup_cosine", lr=3e-3, warmup_epochs=2.0)

@@ -302,6 +302,7 @@ def bench_steps(config, *, batch_size: int, eval_batch_size: int,
   seconds, best = _median_and_best(time_calls(train_step.run, num_steps))
   results = dict(
       model=config.model.name, compute_dtype=config.compute_dtype,
+      matmul_precision=config.get("matmul_precision", "default"),
       num_params=built.num_params, batch_size=batch_size,
       mesh_devices=built.mesh_devices, kernels=built.kernels,
       example_shape=list(built.example_shape), lower_s=train_step.lower_s,

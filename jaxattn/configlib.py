@@ -297,7 +297,16 @@ def base_config() -> ml_collections.ConfigDict:
   # Model: `name` picks the registered module; other keys go to it.
   c.model = ml_collections.ConfigDict(dict(name="conv_vit"))
   c.num_classes = 0  # 0: the dataset's class count.
-  c.compute_dtype = "float32"  # "bfloat16" for mixed precision.
+  # The dtype activations are computed in: "auto" (bfloat16 on GPUs and
+  # TPUs, float32 on CPUs), "float32", "bfloat16" or "float16". Parameters,
+  # optimizer state, the loss and softmax statistics stay float32 at every
+  # setting. A run records the resolved dtype in its config.json.
+  c.compute_dtype = "auto"
+  # float32 matmuls and convolutions (jax.default_matmul_precision):
+  # "default" lets the platform use its fast path (TF32 on NVIDIA GPUs since
+  # Ampere, bf16 passes on TPUs), "high" (TF32 / 3 bf16 passes), "highest"
+  # (true float32). XLA:CPU computes float32 in float32 at every setting.
+  c.matmul_precision = "default"
   # How a few ops are computed (jaxattn/models/kernels.py): "auto" (the
   # XLA:CPU rewrites where the step is compiled for the CPU, the models' own
   # ops elsewhere), "plain" or "cpu".
@@ -314,6 +323,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_epochs = 0
   c.num_steps = 0
   c.batch_size = 128  # Global, over all devices and processes.
+  # The global batch the learning rates were set for (a recipe's own), and
+  # whether to scale every learning rate of the schedule by batch_size /
+  # reference_batch_size (the linear rule, Goyal et al. 2017) for a larger
+  # batch on more devices. Off by default: the seeds' recipes are exact.
+  c.reference_batch_size = 0  # 0: batch_size.
+  c.scale_lr_with_batch = False
   c.eval_batch_size = 256
 
   # Optimisation.

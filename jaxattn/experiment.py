@@ -74,6 +74,11 @@ class Experiment:
           "full": ("train_split", "val_split"), "train": ("train_split",),
           "metadata": ()}[data])
     config = self.config
+    # "auto" becomes the platform's dtype here, before anything reads it
+    # (the CPU layout's cache key, the model, config.json).
+    config.compute_dtype = resolve_compute_dtype(
+        config.compute_dtype, jax.devices()[0].platform)
+    check_matmul_precision(config.get("matmul_precision", "default"))
     self.interface = get_interface(config.model.name)
     self.interface.check(config)
 
@@ -252,22 +257,33 @@ class Experiment:
   # --------------------------------------------------------------------------
   # Compiled steps.
   # --------------------------------------------------------------------------
+  def traced(self, fn, step_kernels: kernels.Kernels | None = None):
+    """``fn`` traced with this experiment's kernels and matmul precision
+    (wrap it before ``jax.jit``: both hold on every retrace)."""
+    with_kernels = kernels.traced_with(step_kernels or self.kernels, fn)
+    precision = self.config.get("matmul_precision", "default")
+
+    @functools.wraps(fn)
+    def traced_fn(*args, **kwargs):
+      with jax.default_matmul_precision(precision):
+        return with_kernels(*args, **kwargs)
+
+    return traced_fn
+
   def make_train_fn(self, *, donate: bool = True,
                     step_kernels: kernels.Kernels | None = None):
     """The jitted train step; ``step_kernels`` replaces the kernels chosen
     for this experiment's devices (bench counts the plain step's FLOPs; a
     step exported for another platform)."""
     return jax.jit(
-        kernels.traced_with(step_kernels or self.kernels, functools.partial(
-            steps.train_step, model=self.model,
-                          tx=self.tx, learning_rate_fn=self.learning_rate_fn,
-                          num_classes=self.config.num_classes,
-                          loss_spec=self.loss_spec, method=self.apply_method,
-                          mix=self.mix,
-                          ema_decay=self.config.get("ema_decay", 0.0),
-                          grad_accum_steps=self.config.get(
-                              "grad_accum_steps", 1),
-                          parallel=self.config.parallel, mesh=self.mesh)),
+        self.traced(functools.partial(
+            steps.train_step, model=self.model, tx=self.tx,
+            learning_rate_fn=self.learning_rate_fn,
+            num_classes=self.config.num_classes, loss_spec=self.loss_spec,
+            method=self.apply_method, mix=self.mix,
+            ema_decay=self.config.get("ema_decay", 0.0),
+            grad_accum_steps=self.config.get("grad_accum_steps", 1),
+            parallel=self.config.parallel, mesh=self.mesh), step_kernels),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
         donate_argnums=0 if donate else ())
@@ -279,7 +295,7 @@ class Experiment:
   @functools.cached_property
   def eval_fn(self):
     return jax.jit(
-        kernels.traced_with(self.kernels, functools.partial(
+        self.traced(functools.partial(
             steps.eval_step, model=self.model, loss_spec=self.loss_spec,
             method=self.apply_method, use_ema=self.use_ema)),
         in_shardings=(self.state_sharding, self.batch_sharding),
@@ -443,9 +459,35 @@ def resolve_config(config: ml_collections.ConfigDict, source, *,
   return config
 
 
+COMPUTE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+MATMUL_PRECISIONS = ("default", "high", "highest")
+
+
+def resolve_compute_dtype(value: str, platform: str) -> str:
+  """``config.compute_dtype`` on ``platform``: "auto" is bfloat16 where the
+  matrix units are built for it (GPUs, TPUs) and float32 on CPUs, where
+  bfloat16 is emulated and no faster for these models."""
+  if value not in COMPUTE_DTYPES:
+    raise configlib.ConfigError(
+        f"config.compute_dtype={value!r} is not one of "
+        f"{', '.join(COMPUTE_DTYPES)}.")
+  if value != "auto":
+    return value
+  return "float32" if platform == "cpu" else "bfloat16"
+
+
+def check_matmul_precision(value: str) -> None:
+  if value not in MATMUL_PRECISIONS:
+    raise configlib.ConfigError(
+        f"config.matmul_precision={value!r} is not one of "
+        f"{', '.join(MATMUL_PRECISIONS)} (jax.default_matmul_precision).")
+
+
 def build_model(config: ml_collections.ConfigDict):
   """The registered model, with the classes and compute dtype of the config."""
   kwargs = dict(config.model)
   name = kwargs.pop("name")
+  dtype = resolve_compute_dtype(config.compute_dtype,
+                                jax.devices()[0].platform)
   return create_model(name, num_classes=config.num_classes,
-                      dtype=jnp.dtype(config.compute_dtype), **kwargs)
+                      dtype=jnp.dtype(dtype), **kwargs)

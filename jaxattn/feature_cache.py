@@ -18,7 +18,6 @@ from absl import logging
 
 from jaxattn import parallel
 from jaxattn.data import pipeline, sources
-from jaxattn.models import kernels
 from jaxattn.data.tf_import import tf
 
 CACHE_DIR = "feature_cache"
@@ -66,8 +65,8 @@ def build(exp, variables, workdir: str):
   experiment feeds them to the steps as ``input_kind="features"``.
   """
   config, shard = exp.config, exp.eval_shard
-  backbone = jax.jit(kernels.traced_with(
-      exp.kernels, lambda v, images: exp.model.apply(
+  backbone = jax.jit(exp.traced(
+      lambda v, images: exp.model.apply(
           v, images, method=exp.interface.feature_method)))
   cache_dir = os.path.join(workdir, CACHE_DIR)
   os.makedirs(cache_dir, exist_ok=True)

@@ -16,9 +16,32 @@ SCHEDULES = ("constant", "warmup_cosine", "piecewise_linear", "exponential")
 OPTIMIZERS = ("adam", "adamw", "adamax", "sgd")
 
 
+def lr_batch_scale(config: ml_collections.ConfigDict) -> float:
+  """``batch_size / reference_batch_size`` with ``scale_lr_with_batch``
+  (the linear scaling rule), else 1."""
+  if not config.get("scale_lr_with_batch", False):
+    return 1.0
+  reference = config.get("reference_batch_size", 0) or config.batch_size
+  if reference < 1:
+    raise ConfigError(f"config.reference_batch_size={reference} must be a "
+                      "positive batch size (the one the learning rates were "
+                      "set for).")
+  return config.batch_size / reference
+
+
 def create_learning_rate_fn(config: ml_collections.ConfigDict,
                             steps_per_epoch: int,
                             total_steps: int) -> optax.Schedule:
+  """The per-step learning rate, every value scaled by ``lr_batch_scale``."""
+  schedule = _schedule(config, steps_per_epoch, total_steps)
+  scale = lr_batch_scale(config)
+  if scale == 1.0:
+    return schedule
+  return lambda step: scale * schedule(step)
+
+
+def _schedule(config: ml_collections.ConfigDict, steps_per_epoch: int,
+              total_steps: int) -> optax.Schedule:
   """The per-step learning rate. Durations in the config are in epochs.
 
   * ``constant``: ``lr`` after an optional linear warm-up.

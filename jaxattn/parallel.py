@@ -20,7 +20,9 @@ and communication differ.
 
 from __future__ import annotations
 
+import collections
 import re
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import jax
@@ -140,3 +142,23 @@ def global_batch(local_batch: dict[str, np.ndarray],
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x),
       local_batch)
+
+
+def prefetch_to_mesh(local_batches: Iterable[dict[str, np.ndarray]],
+                     sharding: NamedSharding, size: int = 2
+                     ) -> Iterator[dict[str, jax.Array]]:
+  """``global_batch`` of each local batch, ``size`` batches ahead.
+
+  The batches come out in their order, unchanged; each is placed on the
+  devices (an asynchronous copy) while the steps before it run, so the step
+  that takes it does not wait for the transfer. ``size`` batches stay
+  resident on the devices; 0 places each one when it is asked for.
+  """
+  iterator = iter(local_batches)
+  placed: collections.deque = collections.deque()
+  for local in iterator:
+    placed.append(global_batch(local, sharding))
+    if len(placed) > size:
+      yield placed.popleft()
+  while placed:
+    yield placed.popleft()

@@ -46,6 +46,10 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   head_channels, mlp_ratio, chunk_size, and drop_path_rate: stochastic depth
   (timm's per-block rates, up to this in the last block), 0.0 here because
   the seed did not use it; ``--config.model.drop_path_rate=0.1`` turns it on.
+
+  Numerics: float32 with ``matmul_precision="highest"``: the fidelity runs
+  against the seed's curve were true float32, and on a GPU "default" would
+  silently be TF32 (10 significant bits).
   """
   c = configlib.base_config()
   c.dataset = "tfds:cifar10"
@@ -72,6 +76,8 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.reference_curve.update(label="seed 004 (test, reported)",
                            tag="val_accuracy",
                            per_epoch=SEED004_TEST_ACCURACY)
+  c.matmul_precision = "highest"
+  c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
   return c
 
 
@@ -105,6 +111,10 @@ def seed002_vit() -> ml_collections.ConfigDict:
   stochastic depth (timm's per-block rates, up to this in the last block),
   0.0 here because the seed did not use it;
   ``--config.model.drop_path_rate=0.1`` turns it on.
+
+  Numerics: float32, ``matmul_precision="highest"``: PyTorch computes
+  float32 matmuls in float32 unless told otherwise
+  (``torch.backends.cuda.matmul.allow_tf32`` is False by default).
   """
   c = configlib.base_config()
   c.model = dict(name="vit", patch_size=4, hidden_dim=256, depth=12,
@@ -113,6 +123,8 @@ def seed002_vit() -> ml_collections.ConfigDict:
   c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.pixel_mean, c.pixel_std = (0.0,), (1.0,)
+  c.compute_dtype, c.matmul_precision = "float32", "highest"
+  c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
   return c
 
 
@@ -130,6 +142,9 @@ def seed003_mnist_cnn(block: str) -> ml_collections.ConfigDict:
   fixed at 1 (frozen), Adam 1e-3, batch 128, 10 epochs, no augmentation,
   no schedule; 50k/10k train/validation split of the 60k training images
   (the authors' random_split had no seed: ours is the TFDS order).
+
+  Numerics: float32, ``matmul_precision="highest"`` (PyTorch's float32
+  default; the model is tiny, precision costs nothing).
   """
   from jaxattn.models import mnist_cnn  # pylint: disable=g-import-not-at-top
   c = configlib.base_config()
@@ -145,6 +160,8 @@ def seed003_mnist_cnn(block: str) -> ml_collections.ConfigDict:
   c.batch_size, c.eval_batch_size = 128, 256
   c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-3
+  c.compute_dtype, c.matmul_precision = "float32", "highest"
+  c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
   return c
 
 
@@ -165,6 +182,11 @@ def seed001_slresnet(depth: int, *, image_size: int,
   (``torchvision:resnet{depth}``, downloaded and converted once; the SL
   layers and the head stay at their initialisation); other depths start
   from random weights. ``--config.init_from=''`` opts out.
+
+  Numerics: float32 with ``matmul_precision="default"``: PyTorch lets cuDNN
+  run float32 convolutions, nearly all of a ResNet's FLOPs, in TF32 on
+  Ampere and later GPUs (``torch.backends.cudnn.allow_tf32`` is True by
+  default), which "default" also allows.
   """
   c = configlib.base_config()
   c.image_size = (image_size, image_size)
@@ -178,6 +200,8 @@ def seed001_slresnet(depth: int, *, image_size: int,
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.best_metric = "loss"
   c.early_stopping_patience = 12
+  c.compute_dtype, c.matmul_precision = "float32", "default"
+  c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
   return c
 
 
@@ -187,6 +211,10 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   224 px inputs in [-1, 1]; Adamax; the loss is the weighted categorical
   cross-entropy of the two heads' and their average's probabilities;
   metrics on the average. The recipe per dataset is set by the configs.
+
+  Numerics: float32 with ``matmul_precision="default"``: the authors'
+  Keras/TensorFlow runs used TensorFlow's default, which enables TF32 on
+  Ampere and later GPUs; it is most of the frozen ViT-B/8's speed there.
   """
   c = configlib.base_config()
   c.dataset = dataset
@@ -205,6 +233,8 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   c.best_metric = "loss"
   c.cache = False  # 224 px float images of a whole dataset do not fit.
   c.shuffle_buffer = 10_000
+  c.compute_dtype, c.matmul_precision = "float32", "default"
+  c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
   return c
 
 

@@ -36,7 +36,9 @@ from jaxattn.data import pipeline  # pylint: disable=g-bad-import-order
 from clu import metric_writers, parameter_overview, periodic_actions
 
 from jaxattn import (checkpointing, configlib, distributed, experiment,
-                     feature_cache, parallel, periodic, plots, workdir_lock)
+                     feature_cache, optim, parallel, periodic, plots,
+                     workdir_lock)
+from jaxattn.models import kernels
 
 RESULTS_FILE = "results.json"
 TEST_CHECKPOINTS = ("best", "last")
@@ -48,12 +50,16 @@ TEST_CHECKPOINTS = ("best", "last")
 # its data is read from. Every other key, and every key of
 # config.model, config.optimizer, config.schedule, config.augment, ..., must
 # match the workdir's config.json.
+DEVICE_PREFETCH = 2
+# Fewer examples per device than this and a GPU step is mostly launch
+# overhead; the start-up log warns.
+MIN_BATCH_PER_DEVICE = 8
 RESUME_MAY_CHANGE = (
     "log_every_steps", "profile_steps", "wandb_project", "wandb_mode",
     "checkpoint_every_steps", "keep_checkpoints",
     "data_dir", "manual_dir", "download", "source_modules", "cache",
     "eval_batch_size", "sharding_rules", "fsdp_min_size_mb", "kernels",
-    "reference_curve")
+    "matmul_precision", "reference_curve")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict,
@@ -77,13 +83,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
       ckpt.close()
 
 
+def small_batch_warning(batch_size: int, num_devices: int,
+                        platform: str) -> str | None:
+  """What to do about fewer than MIN_BATCH_PER_DEVICE examples per
+  accelerator (None when there are enough, and on CPUs, whose devices are
+  cores that a small batch does not leave idle)."""
+  per_device = batch_size // num_devices
+  if per_device >= MIN_BATCH_PER_DEVICE or platform == "cpu":
+    return None
+  return (f"{per_device} examples per device (global batch {batch_size} "
+          f"over {num_devices} devices) leave each accelerator mostly idle. "
+          "config.batch_size is global (the seeds' numbers); raise it "
+          f"(--config.batch_size={MIN_BATCH_PER_DEVICE * num_devices}, with "
+          "--config.scale_lr_with_batch=True to scale the learning rates "
+          "linearly) or train on fewer devices.")
+
+
 def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
            writer) -> dict[str, Any]:
   config, workdir, total_steps = exp.config, exp.workdir, exp.total_steps
+  per_device = config.batch_size // exp.mesh.size
   logging.info("Devices: %d (%d per process, %d processes); compute dtype "
-               "%s, batch %d; %s.", exp.mesh.size,
-               exp.mesh.size // jax.process_count(), jax.process_count(),
-               config.compute_dtype, config.batch_size, exp.kernels.describe())
+               "%s, matmul precision %s; batch %d (%d per device); %s.",
+               exp.mesh.size, exp.mesh.size // jax.process_count(),
+               jax.process_count(), config.compute_dtype,
+               config.get("matmul_precision", "default"), config.batch_size,
+               per_device, exp.kernels.describe())
+  warning = small_batch_warning(config.batch_size, exp.mesh.size,
+                                kernels.platform_of(exp.mesh))
+  if warning:
+    logging.warning("%s", warning)
+  lr_scale = optim.lr_batch_scale(config)
+  if lr_scale != 1.0:
+    logging.info("Learning rates x%.4g (scale_lr_with_batch: batch %d / "
+                 "reference %d).", lr_scale, config.batch_size,
+                 config.reference_batch_size or config.batch_size)
   logging.info("Data %s: %s; %d steps/epoch, %d steps in all.",
                config.dataset, _split_sizes(exp), exp.steps_per_epoch,
                total_steps)
@@ -125,7 +159,11 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   # --- Input: resumes at the exact position of start_step --------------------
   if config.cache_backbone_features:
     exp = feature_cache.build(exp, state.variables(), workdir)
-  batches = pipeline.as_numpy(exp.train_dataset(start_step))
+  # Global arrays on the mesh, DEVICE_PREFETCH batches ahead of the step
+  # that takes them: their host-to-device copies overlap the steps before.
+  batches = parallel.prefetch_to_mesh(
+      pipeline.as_numpy(exp.train_dataset(start_step)), exp.batch_sharding,
+      size=DEVICE_PREFETCH)
 
   # --- What runs between steps ------------------------------------------------
   report_progress = periodic_actions.ReportProgress(
@@ -148,8 +186,7 @@ def _train(exp: experiment.Experiment, ckpt: checkpointing.RunCheckpoints,
   logging.info("Training from step %d to %d.", start_step, total_steps)
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = parallel.global_batch(next(batches), exp.batch_sharding)
-      state, metrics = exp.train_fn(state, batch)
+      state, metrics = exp.train_fn(state, next(batches))
     step += 1
     step_metrics.add(metrics)
     report_progress(step)
