@@ -248,7 +248,8 @@ def cpu_kernels_forbidden(monkeypatch):
   space-to-depth convolutions leave no name in a program, but a model that
   reached them around the kernel layer fails here."""
   for name in ("dense", "conv2d", "conv1d_same", "batch_norm", "gelu",
-               "layer_norm_no_affine", "max_pool_3x3_s2", "map_in_chunks"):
+               "layer_norm_no_affine", "max_pool_3x3_s2", "map_in_chunks",
+               "conv_vit_trunk"):
     def forbidden(*args, _name=name, **kwargs):
       raise AssertionError(f"cpu_kernels.{_name} called for a CUDA step")
     monkeypatch.setattr(cpu_kernels, name, forbidden)
