@@ -210,6 +210,27 @@ def test_every_model_gives_the_same_logits_and_gradients_on_both(name):
   _assert_close(cpu_grads, plain_grads, rtol=1e-3, atol=1e-4 * scale)
 
 
+@pytest.mark.parametrize("train", [False, True])  # True: chunks of 8.
+def test_conv_vit_sows_the_same_attention_on_both(train):
+  """``cpu_kernels.conv_vit_trunk`` (a Gram matrix per image, chunked in
+  training) records each block's attention where the plain modules sow
+  theirs."""
+  exp = _smoke_experiment("cifar10_convvit")
+  state = exp.init_state()
+  images = exp.synthetic_batch(16, seed=3)["image"]
+
+  def apply(images):
+    return exp.model.apply({"params": state.params}, images, train=train,
+                           mutable=["intermediates"])
+
+  plain_logits, plain = _on(PLAIN, apply)(images)
+  cpu_logits, cpu = _on(CPU, apply)(images)
+  assert jax.tree.structure(cpu) == jax.tree.structure(plain)
+  assert len(jax.tree.leaves(plain)) == exp.config.model.depth
+  _assert_close(cpu_logits, plain_logits, rtol=1e-4, atol=1e-5)
+  _assert_close(cpu, plain, rtol=1e-4, atol=1e-6)
+
+
 # --------------------------------------------------------------------------
 # The train step exported for CUDA (lowered here, no GPU needed).
 # --------------------------------------------------------------------------
@@ -248,7 +269,8 @@ def cpu_kernels_forbidden(monkeypatch):
   space-to-depth convolutions leave no name in a program, but a model that
   reached them around the kernel layer fails here."""
   for name in ("dense", "conv2d", "conv1d_same", "batch_norm", "gelu",
-               "layer_norm_no_affine", "max_pool_3x3_s2", "map_in_chunks"):
+               "layer_norm_no_affine", "max_pool_3x3_s2", "map_in_chunks",
+               "conv_vit_trunk"):
     def forbidden(*args, _name=name, **kwargs):
       raise AssertionError(f"cpu_kernels.{_name} called for a CUDA step")
     monkeypatch.setattr(cpu_kernels, name, forbidden)

@@ -46,6 +46,14 @@ transposes changes. Each rule below came out of a profile of a train step
   forward and backward both work on cache-sized arrays; a whole batch of
   seed 004's activations (16 MiB per hidden layer at batch 128) does not fit
   in a CPU core's 2 MiB L2.
+* ``conv_vit_trunk``: seed 004's embedding and blocks, the same function as
+  its modules reassociated: each channel-attention branch from a per-image
+  Gram matrix of its normalised input and one per-image D x D projection,
+  the LayerNorms' affine parts folded into the small matrices after them,
+  the patch conv as a reshape and one matmul, the batch in chunks
+  (``map_in_chunks``). In the profile the plain form's projections and
+  per-head transposes took 23 ms of a 410 ms step, the LayerNorm's
+  materialised scale broadcast 28 ms.
 
 Every function returns the input's dtype; normalisations, statistics and
 weight gradients are computed in float32.
@@ -375,3 +383,150 @@ def map_in_chunks(fn: Callable[[Any], Any], x: Any, chunk_size: int) -> Any:
   return jax.tree.map(
       lambda y: y.swapaxes(0, 1).reshape(batch, *y.shape[2:]), outputs)
 
+
+
+# --------------------------------------------------------------------------
+# Seed 004's conv-ViT trunk (jaxattn.models.conv_vit.model), reassociated.
+# --------------------------------------------------------------------------
+
+
+def conv_vit_trunk(params: Any, images: Array,
+                   drop_scales: list[Array | None], *, head_channels: int,
+                   dtype: Any, chunk_size: int, record: bool
+                   ) -> tuple[Array, list[Array]]:
+  """``ConvViT``'s embedding and blocks: (B, H, W, C) images -> (B, N, D).
+
+  ``params``: the model's parameters (``embedding``, ``layers_{i}``);
+  ``drop_scales``: per block, None or the (B, 2) stochastic-depth
+  multipliers of its two branches. Returns the tokens, row-major over the
+  patch grid, and each block's (B, heads, i, j) attention if ``record``
+  (else []). The batch runs in chunks of ``chunk_size`` images (0: whole;
+  ``map_in_chunks``), each with its rows of ``drop_scales``.
+
+  The model's modules computed another way (profile of seed 004's step,
+  ``benchmarks/README.md``). The seed's attention only mixes channels, so a
+  block's attention branch is a per-image linear map of its input:
+
+  * the scores ``sum_n q_n k_n^T`` are ``Wq^T G Wk`` (plus bias terms) with
+    ``G = sum_n y_n y_n^T``, the (D x D) Gram matrix of the normalised input
+    y: one pass over the activations instead of three projections;
+  * the output ``unify(blockdiag(A) v)`` is ``y @ P + c`` with the
+    per-image ``P = Wv blockdiag(A)^T Wunify``, so q, k, v and the attention
+    output are never materialised;
+  * each LayerNorm's scale and bias are folded into the (tiny) matrices of
+    the linear map that follows it, so only the normalisation
+    (``layer_norm_no_affine``) touches activations;
+  * the patch conv (kernel = stride = p) is a reshape and one ``dense``.
+  """
+  depth = len(drop_scales)
+  p, _, c, d = params["embedding"]["patch"]["kernel"].shape
+  grid = params["embedding"]["pos_embedding"].shape[:2]
+  if images.shape[1:] != (grid[0] * p, grid[1] * p, c):
+    # What Flax's parameter-shape check says for the modules.
+    raise ValueError(
+        f"conv_vit's parameters are for {grid[0] * p}x{grid[1] * p}x{c} "
+        f"images (the positional embedding's grid), not "
+        f"{'x'.join(map(str, images.shape[1:]))}.")
+
+  def trunk(chunk):
+    chunk_images, chunk_scales = chunk
+    x = _conv_vit_embed(params["embedding"], chunk_images, dtype)
+    attentions = []
+    for i, scales in zip(range(depth), chunk_scales):
+      x, attention = _conv_vit_block(params[f"layers_{i}"], x, head_channels,
+                                     dtype, scales)
+      attentions.append(attention)
+    return x, (attentions if record else [])
+
+  return map_in_chunks(trunk, (images, drop_scales), chunk_size)
+
+
+def _conv_vit_embed(params: Any, images: Array, dtype) -> Array:
+  """(B, H, W, C) -> (B, N, D) tokens, row-major over the patch grid."""
+  kernel, bias = params["patch"]["kernel"], params["patch"]["bias"]
+  p, _, c, d = kernel.shape
+  b, h, w, _ = images.shape
+  patches = images.reshape(b, h // p, p, w // p, p, c).transpose(
+      0, 1, 3, 2, 4, 5).reshape(b, (h // p) * (w // p), p * p * c)
+  tokens = dense(patches.astype(dtype), kernel.reshape(p * p * c, d), bias)
+  return tokens + params["pos_embedding"].reshape(-1, d).astype(dtype)
+
+
+def _with_bias_row(kernel: Array, bias: Array) -> Array:
+  """[[kernel], [bias]]: ``[x, 1] @ it == x @ kernel + bias``."""
+  return jnp.concatenate([kernel, bias[None, :]], axis=0)
+
+
+def _conv_vit_attention(norm: Any, params: Any, xhat: Array,
+                        head_channels: int, dtype) -> tuple[Array, Array]:
+  """``attn(xhat * scale + bias)`` for the LayerNorm's ``norm`` parameters
+  and the attention's ``params`` (q, k, v, unify_heads).
+
+  ``xhat`` is (B, N, D); returns the branch output of the same shape and
+  the attention (B, heads, i, j).
+  """
+  b, n, d = xhat.shape
+  heads = d // head_channels
+  f32 = jnp.float32
+  scale, shift = norm["scale"], norm["bias"]
+
+  def folded(name):  # y @ W + b == [xhat, 1] @ [[scale * W], [shift @ W + b]]
+    kernel, bias = params[name]["kernel"], params[name]["bias"]
+    return _with_bias_row(scale[:, None] * kernel, shift @ kernel + bias)
+
+  q, k, v = folded("q"), folded("k"), folded("v")  # (D+1, D) each
+  # sum_n [xhat_n, 1][xhat_n, 1]^T: the Gram matrix, bordered by the sums.
+  gram = jnp.einsum("bni,bnj->bij", xhat, xhat, preferred_element_type=f32)
+  sums = jnp.sum(xhat, axis=1, dtype=f32)
+  bordered = jnp.concatenate([
+      jnp.concatenate([gram, sums[:, :, None]], axis=2),
+      jnp.concatenate([sums[:, None, :], jnp.full((b, 1, 1), n, f32)], axis=2),
+  ], axis=1)
+  # All scores sum_n q_n k_n^T (D x D); each head's block is its (i, j).
+  scores = jnp.einsum("di,bde,ej->bij", q, bordered, k)
+  scores = jnp.einsum("bhihj->bhij", scores.reshape(
+      b, heads, head_channels, heads, head_channels)) * head_channels**-0.5
+  attention = jax.nn.softmax(scores, axis=-2)  # The seed's dim=-2.
+  # out_n = blockdiag(A) v_n, i.e. v @ M^T with M^T[(h, j), (h, i)] = A[h, i, j].
+  mixing_t = jnp.einsum("bhij,hg->bhjgi", attention,
+                        jnp.eye(heads, dtype=f32)).reshape(b, d, d)
+  unify_kernel = params["unify_heads"]["kernel"]
+  unify_bias = params["unify_heads"]["bias"]
+  projection = jnp.einsum("de,bef,fg->bdg", v, mixing_t, unify_kernel)
+  # Accumulated in float32: bf16 x bf16 -> f32 dots, one rounding at the end.
+  out = jnp.einsum("bnd,bdg->bng", xhat, projection[:, :d].astype(dtype),
+                   preferred_element_type=f32)
+  offset = projection[:, d] + unify_bias
+  return (out + offset[:, None, :]).astype(dtype), attention
+
+
+def _conv_vit_feed_forward(norm: Any, params: Any, xhat: Array,
+                           dtype) -> Array:
+  """``fc2(gelu(fc1(xhat * scale + bias)))``, the affine folded into fc1."""
+  scale, shift = norm["scale"], norm["bias"]
+  fc1, fc2 = params["fc1"], params["fc2"]
+  hidden = dense(xhat.astype(dtype), scale[:, None] * fc1["kernel"],
+                 shift @ fc1["kernel"] + fc1["bias"])
+  return dense(gelu(hidden), fc2["kernel"], fc2["bias"])
+
+
+def _drop_path(branch: Array, scale: Array | None) -> Array:
+  """``layers.drop_path`` (which imports the kernel layer, hence a copy)."""
+  if scale is None:
+    return branch
+  scale = scale.reshape(scale.shape[0], *(1,) * (branch.ndim - 1))
+  return (branch.astype(jnp.float32) * scale).astype(branch.dtype)
+
+
+def _conv_vit_block(params: Any, x: Array, head_channels: int, dtype,
+                    drop_scales: Array | None) -> tuple[Array, Array]:
+  """``ConvViTBlock`` on (B, N, D) tokens; also returns the attention."""
+  attn_scale, ff_scale = ((None, None) if drop_scales is None else
+                          (drop_scales[:, 0], drop_scales[:, 1]))
+  branch, attention = _conv_vit_attention(
+      params["attn_norm"], params["attn"], layer_norm_no_affine(x),
+      head_channels, dtype)
+  x = _drop_path(branch, attn_scale) + x
+  branch = _conv_vit_feed_forward(params["ff_norm"], params["ff"],
+                                  layer_norm_no_affine(x), dtype)
+  return _drop_path(branch, ff_scale) + x, attention

@@ -230,6 +230,26 @@ def map_in_chunks(fn: Callable[[Any], Any], x: Any,
       fn, x, CPU_CHUNK_SIZE if chunk_size is None else chunk_size)
 
 
+def conv_vit_trunk(params: Any, images: Array,
+                   drop_scales: list[Array | None], *, head_channels: int,
+                   dtype: Any, chunk_size: int | None, record: bool
+                   ) -> tuple[Array, list[Array]]:
+  """Seed 004's embedding and blocks as one CPU kernel: the (B, N, D) tokens
+  and, if ``record``, each block's attention (``cpu_kernels.conv_vit_trunk``;
+  ``chunk_size`` None: ``CPU_CHUNK_SIZE``, 0: whole).
+
+  Under the CPU kernels only: the plain form is the model's own modules
+  (``jaxattn.models.conv_vit.model``), which call this where ``active().cpu``.
+  """
+  if not active().cpu:
+    raise ValueError("conv_vit_trunk is the CPU kernels' form of conv_vit's "
+                     "modules; under the plain kernels apply the modules.")
+  return cpu_kernels.conv_vit_trunk(
+      params, images, drop_scales, head_channels=head_channels, dtype=dtype,
+      chunk_size=CPU_CHUNK_SIZE if chunk_size is None else chunk_size,
+      record=record)
+
+
 def attention_implementation(platform: str | None, dtype: Any, head_dim: int,
                              *, masked: bool = False,
                              gpu_attached: bool | None = None) -> str:
