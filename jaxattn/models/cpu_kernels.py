@@ -510,23 +510,17 @@ def _conv_vit_feed_forward(norm: Any, params: Any, xhat: Array,
   return dense(gelu(hidden), fc2["kernel"], fc2["bias"])
 
 
-def _drop_path(branch: Array, scale: Array | None) -> Array:
-  """``layers.drop_path`` (which imports the kernel layer, hence a copy)."""
-  if scale is None:
-    return branch
-  scale = scale.reshape(scale.shape[0], *(1,) * (branch.ndim - 1))
-  return (branch.astype(jnp.float32) * scale).astype(branch.dtype)
-
-
 def _conv_vit_block(params: Any, x: Array, head_channels: int, dtype,
                     drop_scales: Array | None) -> tuple[Array, Array]:
   """``ConvViTBlock`` on (B, N, D) tokens; also returns the attention."""
+  # layers imports the kernel layer, which imports this module.
+  from jaxattn.models import layers  # pylint: disable=g-import-not-at-top
   attn_scale, ff_scale = ((None, None) if drop_scales is None else
                           (drop_scales[:, 0], drop_scales[:, 1]))
   branch, attention = _conv_vit_attention(
       params["attn_norm"], params["attn"], layer_norm_no_affine(x),
       head_channels, dtype)
-  x = _drop_path(branch, attn_scale) + x
+  x = layers.drop_path(branch, attn_scale) + x
   branch = _conv_vit_feed_forward(params["ff_norm"], params["ff"],
                                   layer_norm_no_affine(x), dtype)
-  return _drop_path(branch, ff_scale) + x, attention
+  return layers.drop_path(branch, ff_scale) + x, attention
