@@ -80,6 +80,7 @@ import numpy as np
 from jaxattn import weights
 from jaxattn.configlib import ConfigError
 from jaxattn.models import kernels, layers
+from jaxattn.models.transformer import VitJaxEncoderBlock
 
 Array = jax.Array
 PyTree = Any
@@ -122,58 +123,6 @@ class _PositionEmbedding(nn.Module):
     return x + pos.astype(x.dtype)
 
 
-class _MlpBlock(nn.Module):
-  """Dense -> GELU (tanh approximation, Flax's default) -> Dense."""
-
-  mlp_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    dense = lambda features, name: nn.Dense(
-        features, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform(),
-        bias_init=nn.initializers.normal(stddev=1e-6), name=name)
-    y = nn.gelu(dense(self.mlp_dim, "Dense_0")(x))
-    return dense(x.shape[-1], "Dense_1")(y)
-
-
-def _fused_attention(query: Array, key: Array, value: Array,
-                     mask: Array | None = None) -> Array:
-  """softmax(q k^T / sqrt(d)) v by ``kernels.attention``: cuDNN's fused
-  kernel on a GPU under bfloat16, XLA's otherwise; Flax's default computes
-  the same unfused. No dropout: the backbone is frozen and vit_jax
-  fine-tuned it without."""
-  return kernels.attention(query, key, value, mask=mask)
-
-
-class _EncoderBlock(nn.Module):
-  """Pre-norm block: ``x + MHA(LN(x))``, then ``x + MLP(LN(x))``.
-
-  The child names are the ones in the published checkpoints (written by an old
-  Flax whose auto-naming counter was shared across layer types), not what
-  today's auto-naming would produce.
-  """
-
-  num_heads: int
-  mlp_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
-                     name="LayerNorm_0")(x)
-    y = nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, dtype=self.dtype, param_dtype=jnp.float32,
-        kernel_init=nn.initializers.xavier_uniform(), deterministic=True,
-        attention_fn=_fused_attention,
-        name="MultiHeadDotProductAttention_1")(y)
-    x = x + y
-    y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
-                     name="LayerNorm_2")(x)
-    return x + _MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_3")(y)
-
-
 class _Encoder(nn.Module):
   """vit_jax's ``Transformer``: pos-embedding, blocks, final LayerNorm."""
 
@@ -186,8 +135,8 @@ class _Encoder(nn.Module):
   def __call__(self, x: Array) -> Array:
     x = _PositionEmbedding(name="posembed_input")(x)
     for i in range(self.depth):
-      x = _EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
-                        name=f"encoderblock_{i}")(x)
+      x = VitJaxEncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
+                             name=f"encoderblock_{i}")(x)
     return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, param_dtype=jnp.float32,
                         name="encoder_norm")(x)
 
