@@ -1,6 +1,6 @@
 """The transformer pieces the ViT models share.
 
-* ``MultiHeadSelfAttention``: THE multi-head self-attention of the project:
+* ``MultiHeadSelfAttention``: the project's one multi-head self-attention:
   q, k, v projections -> ``kernels.attention`` -> output projection. Its
   parameters come in two layouts (``per_head_params``), so one computation
   serves PyTorch-ported models and published vit_jax checkpoints:
@@ -16,7 +16,8 @@
   Both compute ``x @ kernel + bias`` on the same numbers: a per-head kernel
   is the flat one reshaped (head h owns features h*D/H .. (h+1)*D/H - 1, as
   in PyTorch). The initialisers are fields; the presets ``TORCH_LINEAR``
-  (the default), ``TORCH_MULTIHEAD`` and ``VIT_JAX`` hold each source's.
+  (the default), ``TORCH_MULTIHEAD`` and ``VIT_JAX`` hold each source's
+  (``VIT_JAX`` its per-head layout too).
 * ``MlpBlock``: Linear -> activation -> Linear, names, activation and
   initialisers as fields.
 * The two encoder-block designs, each as its source wrote it:
