@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 
 from jaxattn.models.attention_blocks import (FeatureMapSelfAttention, GSoP,
-                                             MultiHeadSelfAttention,
                                              SelfAttention2D, SqueezeExcitation,
                                              covariance)
+from jaxattn.models.transformer import MultiHeadSelfAttention
 
 
 @functools.partial(jax.jit, static_argnums=0)

@@ -16,7 +16,9 @@ import pytest
 
 from jaxattn.models import create_model
 from jaxattn.models.conv_vit import ConvViT, Embedding
-from jaxattn.models.vit import EncoderBlock, MultiHeadSelfAttention, ViT
+from jaxattn.models.transformer import (TORCH_MULTIHEAD, MultiHeadSelfAttention,
+                                        Seed002EncoderBlock)
+from jaxattn.models.vit import ViT
 
 _erf = np.vectorize(math.erf)
 
@@ -158,7 +160,7 @@ def _seed004_forward(sd, depth, x, head_channels):
 
 
 def _vit_block_state_dict(block):
-  """Flax EncoderBlock params -> the seed's TransformerEncoder block (torch)."""
+  """Flax Seed002EncoderBlock params -> the seed's TransformerEncoder block (torch)."""
   attn = block["self_attention"]
   return {
       "layer_norm.weight": block["layer_norm"]["scale"],
@@ -312,7 +314,7 @@ def test_conv_vit_attention_columns_sum_to_one():
 
 def test_vit_block_matches_seed_reference():
   x = jax.random.normal(jax.random.key(3), (2, 5, 16))
-  block = EncoderBlock(num_heads=4, mlp_dim=24)
+  block = Seed002EncoderBlock(num_heads=4, mlp_dim=24)
   variables, out = _init_and_apply(block, x)
   sd = _vit_block_state_dict(_to_np(variables["params"]))
   ref = _seed002_block(sd, np.asarray(x, np.float64), num_heads=4)
@@ -335,7 +337,8 @@ def test_vit_matches_seed_reference():
 
 def test_vit_init_follows_torch_multihead_attention():
   d = 64
-  attn = _init(MultiHeadSelfAttention(num_heads=4), jnp.zeros((1, 3, d)))
+  attn = _init(MultiHeadSelfAttention(num_heads=4, **TORCH_MULTIHEAD),
+               jnp.zeros((1, 3, d)))
   attn = attn["params"]
   # xavier_uniform_ over the fused [3D, D] in_proj_weight.
   bound = math.sqrt(6 / (d + 3 * d))

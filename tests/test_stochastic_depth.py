@@ -18,7 +18,8 @@ import pytest
 from jaxattn import configlib, optim, steps
 from jaxattn.models import create_model, kernels, layers
 from jaxattn.models.conv_vit import ConvViT, ConvViTBlock
-from jaxattn.models.vit import EncoderBlock, PatchEmbedding, ViT
+from jaxattn.models.transformer import Seed002EncoderBlock
+from jaxattn.models.vit import PatchEmbedding, ViT
 
 # chunk_size=0: the module-by-module path, so train- and eval-mode outputs
 # are computed by the same ops and compare exactly.
@@ -192,7 +193,7 @@ def test_vit_last_block_at_rate_one_keeps_only_its_layer_norm():
   params = _init(_model("vit"), images)["params"]
   x = PatchEmbedding(kwargs["hidden_dim"], kwargs["patch_size"]).apply(
       {"params": params["patch_embedding"]}, images)
-  x = EncoderBlock(kwargs["num_heads"], kwargs["mlp_dim"]).apply(
+  x = Seed002EncoderBlock(kwargs["num_heads"], kwargs["mlp_dim"]).apply(
       {"params": params["transformer_encoder_0"]}, x)
   x = layers.layer_norm(None, jnp.float32).apply(
       {"params": params["transformer_encoder_1"]["layer_norm"]}, x)
@@ -204,7 +205,7 @@ def test_vit_last_block_at_rate_one_keeps_only_its_layer_norm():
 
 
 @pytest.mark.parametrize("block_cls, args, name", [
-    (ConvViTBlock, (4, 2), "conv_vit"), (EncoderBlock, (2, 24), "vit")])
+    (ConvViTBlock, (4, 2), "conv_vit"), (Seed002EncoderBlock, (2, 24), "vit")])
 def test_blocks_with_unit_scales_are_the_blocks_without(block_cls, args, name):
   del name
   x = jax.random.normal(jax.random.key(0), (3, 5, 16))

@@ -10,8 +10,9 @@ always float32):
   because seed 003 only describes it. See ``specs/seeds.md`` "Seed 003" 2c.
 * ``SqueezeExcitation``: the seed's ``SEBlock`` (Hu et al., SENet).
 * ``SelfAttention2D``: the seed's SAGAN-style ``SelfAttentionBlock``.
-* ``MultiHeadSelfAttention`` / ``FeatureMapSelfAttention``: standard
-  multi-head self-attention over tokens, and over the H*W positions of a map.
+* ``FeatureMapSelfAttention``: standard multi-head self-attention
+  (``transformer.MultiHeadSelfAttention``, PyTorch's Linear init) over the
+  H*W positions of a map.
 
 Layout rule for a PyTorch -> Flax converter, the same for every block here:
 
@@ -40,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxattn.configlib import ConfigError
-from jaxattn.models import kernels, layers
+from jaxattn.models import layers, transformer
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -284,56 +285,21 @@ class SelfAttention2D(nn.Module):
 
 
 # --------------------------------------------------------------------------
-# Standard multi-head self-attention.
+# Multi-head self-attention over a feature map.
 # --------------------------------------------------------------------------
 
 
-class MultiHeadSelfAttention(nn.Module):
-  """Multi-head self-attention over tokens: (B, N, D) -> (B, N, D).
-
-  ``query``, ``key``, ``value``, ``out`` are Linear(D, D) with bias and
-  PyTorch's default Linear init; head h owns features h*D/heads ..
-  (h+1)*D/heads - 1 (PyTorch's ``nn.MultiheadAttention`` order), scores are
-  scaled by 1/sqrt(D/heads) and softmaxed over the keys by
-  ``kernels.attention`` (float32 softmax under bfloat16).
-
-  Flax names <- ``nn.MultiheadAttention``: ``{query,key,value}/kernel <-
-  in_proj_weight[{0,1,2}*D:(+1)*D].T`` (biases likewise), ``out <- out_proj``.
-  (Its in_proj init differs, xavier-uniform; see ``vit.py`` for that one.)
-  """
-
-  num_heads: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    if x.ndim != 3:
-      raise ValueError(
-          f"MultiHeadSelfAttention expects tokens of shape (batch, tokens, "
-          f"features), got shape {tuple(x.shape)}.")
-    b, n, d = x.shape
-    if self.num_heads < 1 or d % self.num_heads:
-      raise ConfigError(
-          f"Feature dimension {d} is not divisible by num_heads="
-          f"{self.num_heads}; pick num_heads among the divisors of {d}.")
-    head_dim = d // self.num_heads
-
-    def project(name):
-      return layers.linear(d, d, name, self.dtype)(x).reshape(
-          b, n, self.num_heads, head_dim)
-
-    q, k, v = project("query"), project("key"), project("value")
-    out = kernels.attention(q, k, v, scale=head_dim**-0.5)
-    return layers.linear(d, d, "out", self.dtype)(out.reshape(b, n, d))
-
-
 class FeatureMapSelfAttention(nn.Module):
-  """``MultiHeadSelfAttention`` over the H*W positions of an NHWC map.
+  """``transformer.MultiHeadSelfAttention`` over the H*W positions of an
+  NHWC map.
 
   Tokens are the positions in row-major order (n = h*W + w), features the
   channels; the result is reshaped back to (B, H, W, C) and, with
   ``residual`` (default), added to x. No positional information is added.
-  Parameters live under ``attention/``.
+  Parameters live under ``attention/``: ``{query,key,value,out}/kernel
+  [C,C]``, ``bias [C]``, Linear(C, C) each with PyTorch's default init
+  (``transformer.TORCH_LINEAR``); converted from ``nn.MultiheadAttention``
+  as ``transformer.MultiHeadSelfAttention`` describes.
   """
 
   num_heads: int
@@ -344,6 +310,7 @@ class FeatureMapSelfAttention(nn.Module):
   def __call__(self, x: Array) -> Array:
     _check_nhwc(x, "FeatureMapSelfAttention")
     b, h, w, c = x.shape
-    y = MultiHeadSelfAttention(self.num_heads, self.dtype, name="attention")(
-        x.reshape(b, h * w, c)).reshape(b, h, w, c)
+    y = transformer.MultiHeadSelfAttention(
+        self.num_heads, self.dtype, **transformer.TORCH_LINEAR,
+        name="attention")(x.reshape(b, h * w, c)).reshape(b, h, w, c)
     return y + x if self.residual else y

@@ -1,20 +1,24 @@
 """Seed 000: a frozen ViT-B/8 feeding a cross-scale fusion head (``hybrid``),
 and the head alone on cached backbone logits (``hybrid_head``).
 
-``model.py`` is the Flax model, ``interface.py`` what the trainer needs beyond
-it (softmax outputs, cached features, the vit_jax ``.npz``), ``pytorch.py``
-the PyTorch twin (timm's ViT keys for the backbone), ``layouts.py`` the
-converter's rules.
+``model.py`` is the Flax model (``Hybrid``), composed of ``backbone.py`` (the
+frozen ViT in the vit_jax layout) and ``fusion.py`` (the trainable head);
+``vit_npz.py`` loads an official vit_jax / big_vision ``.npz`` into the
+backbone. ``interface.py`` is what the trainer needs beyond the model
+(softmax outputs, cached features, the ``.npz``), ``pytorch.py`` the PyTorch
+twin (timm's ViT keys for the backbone), ``layouts.py`` the converter's
+rules.
 """
 
 from jaxattn.models import registry
 from jaxattn.models.hybrid import layouts
+from jaxattn.models.hybrid.backbone import IMAGENET_CLASSES, ViTBackbone
+from jaxattn.models.hybrid.fusion import (REFINEMENTS, BottleneckRefinement,
+                                          HybridFusionHead, SameConv1D,
+                                          channel_shuffle)
 from jaxattn.models.hybrid.interface import HeadInterface, HybridInterface
-from jaxattn.models.hybrid.model import (IMAGENET_CLASSES, REFINEMENTS,
-                                         BottleneckRefinement, Hybrid,
-                                         HybridFusionHead, SameConv1D,
-                                         ViTBackbone, channel_shuffle,
-                                         load_vit_npz, vit_params_from_arrays)
+from jaxattn.models.hybrid.model import Hybrid
+from jaxattn.models.hybrid.vit_npz import load_vit_npz, vit_params_from_arrays
 from jaxattn.models.interface import ExplainHooks
 
 

@@ -6,7 +6,8 @@ import ml_collections
 
 from jaxattn import losses
 from jaxattn.configlib import ConfigError
-from jaxattn.models.hybrid.model import IMAGENET_CLASSES, vit_params_from_arrays
+from jaxattn.models.hybrid.backbone import IMAGENET_CLASSES
+from jaxattn.models.hybrid.vit_npz import vit_params_from_arrays
 from jaxattn.models.interface import INPUT_FEATURES, ModelInterface
 
 

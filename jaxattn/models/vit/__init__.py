@@ -1,15 +1,15 @@
 """Seed 002: the ViT trained from scratch, registered as ``vit``.
 
-``model.py`` is the Flax model, ``pytorch.py`` its PyTorch twin (the seed's
-``AttentionModel`` names), ``layouts.py`` the converter's rules.
+``model.py`` is the Flax model (its encoder block is
+``jaxattn.models.transformer.Seed002EncoderBlock``), ``pytorch.py`` its
+PyTorch twin (the seed's ``AttentionModel`` names), ``layouts.py`` the
+converter's rules.
 """
 
 from jaxattn.models import registry
 from jaxattn.models.interface import ExplainHooks
 from jaxattn.models.vit import layouts
-from jaxattn.models.vit.model import (EncoderBlock, MlpBlock,
-                                      MultiHeadSelfAttention, PatchEmbedding,
-                                      ViT)
+from jaxattn.models.vit.model import PatchEmbedding, ViT
 
 registry.register(registry.ModelSpec(
     name="vit",
@@ -26,5 +26,4 @@ registry.register(registry.ModelSpec(
     torch_twin="jaxattn.models.vit.pytorch:ViT",
 ))
 
-__all__ = ["EncoderBlock", "MlpBlock", "MultiHeadSelfAttention",
-           "PatchEmbedding", "ViT"]
+__all__ = ["PatchEmbedding", "ViT"]

@@ -14,6 +14,10 @@ Seed quirks reproduced on purpose (see ``specs/seeds.md``, "Seed 002"):
   default. Every other Conv2d/Linear has PyTorch's default init.
 * PyTorch numerics: LayerNorm eps 1e-5, exact (erf) GELU, no dropout.
 
+The block is ``transformer.Seed002EncoderBlock``, built from the project's
+one ``MultiHeadSelfAttention`` (flat [D, D] projections, initialised as
+``transformer.TORCH_MULTIHEAD``) and ``MlpBlock``.
+
 ``drop_path_rate`` (default 0, as in the seed) adds stochastic depth in
 training: each block's attention and MLP branch is skipped per example,
 block i of L with probability ``drop_path_rate * i / (L - 1)``, as timm does
@@ -50,14 +54,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxattn.configlib import ConfigError
-from jaxattn.models import kernels, layers
+from jaxattn.models import layers
+from jaxattn.models.transformer import Seed002EncoderBlock
 
 Array = jax.Array
-
-# xavier_uniform_ on the fused [3D, D] in_proj_weight: bound sqrt(6 / 4D).
-# On one [D, D] slice, fan_avg is D, so scale 1/2 gives sqrt(3 * 0.5 / D).
-_torch_in_proj_init = nn.initializers.variance_scaling(0.5, "fan_avg", "uniform")
 
 
 class PatchEmbedding(nn.Module):
@@ -88,75 +88,6 @@ class PatchEmbedding(nn.Module):
     pos = self.param("positional_embedding", nn.initializers.normal(stddev=1.0),
                      (1, x.shape[1], d), jnp.float32)
     return x + pos.astype(x.dtype)
-
-
-class MultiHeadSelfAttention(nn.Module):
-  """``nn.MultiheadAttention(D, heads)`` self-attention with separate q/k/v.
-
-  Attention is ``kernels.attention`` (``jax.nn.dot_product_attention``, which
-  keeps the scores and softmax in float32 for bfloat16 inputs).
-  """
-
-  num_heads: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    b, n, d = x.shape
-    if d % self.num_heads:
-      raise ConfigError(
-          f"hidden_dim={d} is not a multiple of num_heads={self.num_heads}.")
-    head_dim = d // self.num_heads
-
-    def project(name):
-      dense = layers.Linear(d, self.dtype,
-                            kernel_init=_torch_in_proj_init,
-                            bias_init=layers.zeros_bias, name=name)
-      return dense(x).reshape(b, n, self.num_heads, head_dim)
-
-    q, k, v = project("query"), project("key"), project("value")
-    out = kernels.attention(q, k, v, scale=head_dim**-0.5)
-    # out_proj: Linear-default weight, but MultiheadAttention zeroes its bias.
-    return layers.Linear(d, self.dtype, bias_init=layers.zeros_bias,
-                         name="out")(out.reshape(b, n, d))
-
-
-class MlpBlock(nn.Module):
-  """Linear(D, P) -> exact GELU -> Linear(P, D); no dropout."""
-
-  mlp_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    d = x.shape[-1]
-    x = layers.Linear(self.mlp_dim, self.dtype, name="fc1")(x)
-    x = kernels.gelu(x)  # torch.nn.GELU is erf-exact.
-    return layers.Linear(d, self.dtype, name="fc2")(x)
-
-
-class EncoderBlock(nn.Module):
-  """The author's block: ``x = LN(x); x = MHA(x) + x; x = MLP(x) + x``.
-
-  ``drop_scales``: None, or the (B, 2) stochastic-depth multipliers of the
-  attention and MLP branches (``layers.drop_path_scales``).
-  """
-
-  num_heads: int
-  mlp_dim: int
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array, drop_scales: Array | None = None) -> Array:
-    attn_scale, mlp_scale = ((None, None) if drop_scales is None else
-                             (drop_scales[:, 0], drop_scales[:, 1]))
-    # Not pre-norm: the normalised x replaces the stream, and it is what the
-    # attention residual adds back. Reproduced as the seed wrote it.
-    x = layers.layer_norm("layer_norm", self.dtype)(x)
-    x = layers.drop_path(MultiHeadSelfAttention(
-        self.num_heads, self.dtype, name="self_attention")(x), attn_scale) + x
-    return layers.drop_path(MlpBlock(self.mlp_dim, self.dtype,
-                                     name="mlp_block")(x), mlp_scale) + x
 
 
 class ViT(nn.Module):
@@ -190,8 +121,9 @@ class ViT(nn.Module):
     x = PatchEmbedding(self.hidden_dim, self.patch_size, self.dtype,
                        name="patch_embedding")(images)
     for i in range(self.depth):
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
-                       name=f"transformer_encoder_{i}")(x, drop_scales[i])
+      x = Seed002EncoderBlock(self.num_heads, self.mlp_dim, self.dtype,
+                              name=f"transformer_encoder_{i}")(
+                                  x, drop_scales[i])
     # No final LayerNorm in the seed. A float32 head keeps logits exact for
     # the loss; it is D x K, tiny.
     return nn.Dense(self.num_classes, dtype=jnp.float32,
