@@ -57,6 +57,7 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.augment.rand_augment_ops, c.augment.rand_augment_magnitude = 1, 8
   c.augment.color_jitter = (0.1, 0.1, 0.1)
   c.augment.random_erasing = 0.25
+  c.augment.crop_impl = "pillow_exact"  # torchvision's pixels, bit for bit.
   c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
                  head_channels=8, mlp_ratio=4, drop_path_rate=0.0)
   c.num_epochs = 25
@@ -113,6 +114,7 @@ def seed002_vit() -> ml_collections.ConfigDict:
   c.optimizer.update(name="adam", weight_decay=0.0)
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.pixel_mean, c.pixel_std = (0.0,), (1.0,)
+  c.augment.crop_impl = "pillow_exact"  # torchvision's pixels, bit for bit.
   return c
 
 
@@ -178,6 +180,8 @@ def seed001_slresnet(depth: int, *, image_size: int,
   c.schedule.name, c.schedule.lr = "constant", 1e-4
   c.best_metric = "loss"
   c.early_stopping_patience = 12
+  # No crop in the recipe; one added to it crops as torchvision would.
+  c.augment.crop_impl = "pillow_exact"
   return c
 
 
@@ -205,6 +209,9 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   c.best_metric = "loss"
   c.cache = False  # 224 px float images of a whole dataset do not fit.
   c.shuffle_buffer = 10_000
+  # The notebooks' own crop (sample_distorted_bounding_box + bilinear
+  # resize), TF's: see inception_crop_and_flip.
+  c.augment.crop_impl = "tf_fast"
   return c
 
 
