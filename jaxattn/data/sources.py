@@ -391,7 +391,8 @@ class MockSource(_IndexedSource):
 
 
 class TfdsSource(DataSource):
-  """Any TFDS dataset, read in file order with images decoded lazily."""
+  """Any TFDS dataset, read in a fixed order (16 files at once) with images
+  decoded lazily."""
 
   def __init__(self, tfds_name: str, *, data_dir: str | None = None,
                manual_dir: str | None = None, download: bool = True,
