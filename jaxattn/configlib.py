@@ -305,7 +305,8 @@ def base_config() -> ml_collections.ConfigDict:
   # float32 matmuls and convolutions (jax.default_matmul_precision):
   # "default" lets the platform use its fast path (TF32 on NVIDIA GPUs since
   # Ampere, bf16 passes on TPUs), "high" (TF32 / 3 bf16 passes), "highest"
-  # (true float32). XLA:CPU computes float32 in float32 at every setting.
+  # (true float32). Applied to steps compiled for GPUs and TPUs; XLA:CPU
+  # computes float32 in float32 at every setting.
   c.matmul_precision = "default"
   # How a few ops are computed (jaxattn/models/kernels.py): "auto" (the
   # XLA:CPU rewrites where the step is compiled for the CPU, the models' own

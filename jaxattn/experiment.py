@@ -259,9 +259,18 @@ class Experiment:
   # --------------------------------------------------------------------------
   def traced(self, fn, step_kernels: kernels.Kernels | None = None):
     """``fn`` traced with this experiment's kernels and matmul precision
-    (wrap it before ``jax.jit``: both hold on every retrace)."""
-    with_kernels = kernels.traced_with(step_kernels or self.kernels, fn)
+    (wrap it before ``jax.jit``: both hold on every retrace).
+
+    The precision is set only where the step is compiled for an accelerator
+    (``step_kernels.platform``): XLA:CPU computes float32 in float32 at every
+    setting, and dots marked "highest" ran SE-CNN's CPU step up to 20% slower
+    (benchmarks/README.md, "Plain models").
+    """
+    step_kernels = step_kernels or self.kernels
+    with_kernels = kernels.traced_with(step_kernels, fn)
     precision = self.config.get("matmul_precision", "default")
+    if step_kernels.platform == "cpu" or precision == "default":
+      return with_kernels
 
     @functools.wraps(fn)
     def traced_fn(*args, **kwargs):

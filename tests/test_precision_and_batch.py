@@ -9,6 +9,7 @@
 """
 
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 from jaxattn import configlib, experiment, optim, parallel, train
 from jaxattn.configlib import ConfigError
 from jaxattn.data import pipeline
+from jaxattn.models import kernels
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -66,18 +68,23 @@ def test_the_seed_recipes_say_their_numerics():
     assert config.matmul_precision == precision, name
 
 
-@pytest.mark.parametrize("precision, marker", [("highest", "HIGHEST"),
-                                               ("default", None)])
-def test_matmul_precision_reaches_the_train_step(precision, marker):
+@pytest.mark.parametrize("precision, platform, marker", [
+    ("highest", "cuda", "HIGHEST"), ("high", "tpu", "HIGH"),
+    ("default", "cuda", None),
+    # XLA:CPU computes float32 in float32 anyway; the attribute only slows it.
+    ("highest", "cpu", None)])
+def test_matmul_precision_reaches_accelerator_steps(precision, platform,
+                                                    marker):
   exp = experiment.Experiment(_smoke(matmul_precision=precision),
                               data="metadata", mesh_devices=1)
-  text = exp.make_train_fn(donate=False).lower(
+  step_kernels = kernels.resolve("auto", platform)
+  text = exp.make_train_fn(donate=False, step_kernels=step_kernels).lower(
       exp.abstract_state, exp.synthetic_batch(16)).as_text()
   assert "dot_general" in text
+  found = set(re.findall(r"precision = \[(\w+), \w+\]", text))
+  assert found == ({marker} if marker else set()) | (found & {"DEFAULT"})
   if marker:
-    assert f"precision = [{marker}, {marker}]" in text
-  else:
-    assert "HIGHEST" not in text
+    assert marker in found
 
 
 # ----------------------------------------------------------------------------
