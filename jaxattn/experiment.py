@@ -263,7 +263,7 @@ class Experiment:
 
     The precision is set only where the step is compiled for an accelerator
     (``step_kernels.platform``): XLA:CPU computes float32 in float32 at every
-    setting, and dots marked "highest" ran SE-CNN's CPU step up to 20% slower
+    setting, so a CPU step stays the very program it was without the key
     (benchmarks/README.md, "Plain models").
     """
     step_kernels = step_kernels or self.kernels
