@@ -154,9 +154,8 @@ def prefetch_to_mesh(local_batches: Iterable[dict[str, np.ndarray]],
   that takes it does not wait for the transfer. ``size`` batches stay
   resident on the devices; 0 places each one when it is asked for.
   """
-  iterator = iter(local_batches)
   placed: collections.deque = collections.deque()
-  for local in iterator:
+  for local in local_batches:
     placed.append(global_batch(local, sharding))
     if len(placed) > size:
       yield placed.popleft()
