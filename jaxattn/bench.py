@@ -353,7 +353,7 @@ def bench_pipeline(config, *, batch_size: int, num_batches: int,
   ds = pipeline.create_train_dataset(
       exp.source, config, shard=pipeline.ProcessShard(0, 1, batch_size),
       steps_per_epoch=steps_per_epoch,
-      num_epochs=-(-total // steps_per_epoch))
+      num_epochs=-(-total // steps_per_epoch), standardize=False)
   batches = pipeline.as_numpy(ds)
   for _ in range(warmup):
     next(batches)
@@ -364,6 +364,10 @@ def bench_pipeline(config, *, batch_size: int, num_batches: int,
   seconds = time.perf_counter() - start
   return dict(
       dataset=config.dataset, split=config.train_split, batch_size=batch_size,
+      # What training gets: uint8 images (standardised in the step).
+      crop_impl=(pipeline.crop_impl(config)
+                 if config.augment.random_resized_crop else "none"),
+      input_threads=pipeline.input_threads(config),
       pipeline_warmup_batches=warmup,
       pipeline_warmup_s=warmup_seconds, pipeline_batches=num_batches,
       pipeline_s=seconds, pipeline_images_per_s=num_batches * batch_size /

@@ -288,11 +288,26 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_crop_fraction = 0.0
   c.cache = True  # Keep decoded images in memory (small datasets).
   c.shuffle_buffer = 50_000
+  # Threads of this process's own tf.data pool; 0: one per core this process
+  # may run on (os.sched_getaffinity: its share under taskset or SLURM's
+  # --cpu-bind), not one per core of the machine.
+  c.input_threads = 0
+  # Train-time augmentation, on the host (tf.data) except RandomErasing,
+  # applied with the standardisation inside the jitted step.
+  # crop_impl: how random_resized_crop crops (area crop_scale, aspect ratio
+  # crop_ratio) and resizes to image_size:
+  #   "tf_fast"      TF's Inception crop (sample_distorted_bounding_box, a
+  #                  JPEG decoded only inside the box, bilinear resize without
+  #                  antialiasing; seed 000's own make_dataset), per image;
+  #   "pillow_exact" torchvision's RandomResizedCrop with Pillow's antialiased
+  #                  resampling, bit-exact with torchvision (the recipes of
+  #                  the seeds that trained with torchvision keep it); several
+  #                  times slower on large JPEGs (benchmarks/README.md).
   c.augment = ml_collections.ConfigDict(dict(
       random_resized_crop=False, crop_scale=(0.08, 1.0),
-      crop_ratio=(3 / 4, 4 / 3), flip=False, rand_augment_ops=0,
-      rand_augment_magnitude=9, color_jitter=(0.0, 0.0, 0.0),
-      random_erasing=0.0))
+      crop_ratio=(3 / 4, 4 / 3), crop_impl="tf_fast", flip=False,
+      rand_augment_ops=0, rand_augment_magnitude=9,
+      color_jitter=(0.0, 0.0, 0.0), random_erasing=0.0))
 
   # Model: `name` picks the registered module; other keys go to it.
   c.model = ml_collections.ConfigDict(dict(name="conv_vit"))
@@ -424,6 +439,29 @@ def base_config() -> ml_collections.ConfigDict:
   c.wandb_project = ""
   c.wandb_mode = "online"
   return c
+
+
+CROP_IMPLS = ("tf_fast", "pillow_exact")
+
+
+def crop_impl(config: ml_collections.ConfigDict) -> str:
+  """config.augment.crop_impl, checked. A config saved before the key
+  existed trained with "pillow_exact", the only crop then, and keeps it."""
+  impl = config.augment.get("crop_impl", "pillow_exact")
+  if impl not in CROP_IMPLS:
+    raise ConfigError(f"config.augment.crop_impl={impl!r} must be one of "
+                      f"{list(CROP_IMPLS)}.")
+  return impl
+
+
+def input_threads(config: ml_collections.ConfigDict) -> int:
+  """config.input_threads, checked (0: chosen from the process's cores)."""
+  threads = config.get("input_threads", 0)
+  if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+    raise ConfigError(f"config.input_threads={threads!r} must be 0 (one "
+                      "thread per core this process may use) or a positive "
+                      "number of threads.")
+  return threads
 
 
 def check_duration(config: ml_collections.ConfigDict) -> None:

@@ -292,10 +292,17 @@ class Experiment:
             method=self.apply_method, mix=self.mix,
             ema_decay=self.config.get("ema_decay", 0.0),
             grad_accum_steps=self.config.get("grad_accum_steps", 1),
-            parallel=self.config.parallel, mesh=self.mesh), step_kernels),
+            parallel=self.config.parallel, mesh=self.mesh,
+            **self._pixel_stats), step_kernels),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=(self.state_sharding, parallel.replicated(self.mesh)),
         donate_argnums=0 if donate else ())
+
+  @property
+  def _pixel_stats(self) -> dict[str, tuple[float, ...]]:
+    """What the steps standardise the pipeline's uint8 images with."""
+    return dict(pixel_mean=tuple(self.config.pixel_mean),
+                pixel_std=tuple(self.config.pixel_std))
 
   @functools.cached_property
   def train_fn(self):
@@ -306,7 +313,8 @@ class Experiment:
     return jax.jit(
         self.traced(functools.partial(
             steps.eval_step, model=self.model, loss_spec=self.loss_spec,
-            method=self.apply_method, use_ema=self.use_ema)),
+            method=self.apply_method, use_ema=self.use_ema,
+            **self._pixel_stats)),
         in_shardings=(self.state_sharding, self.batch_sharding),
         out_shardings=parallel.replicated(self.mesh))
 
@@ -324,7 +332,9 @@ class Experiment:
     return parallel.global_batch(batch, self.batch_sharding)
 
   def apply(self, variables: PyTree, inputs: jax.Array) -> Any:
-    """The model's eval-mode outputs on a batch of the pipeline's inputs."""
+    """The model's eval-mode outputs on a batch of the pipeline's inputs
+    (uint8 images are standardised first, as the eval step does)."""
+    inputs = data_lib.on_device.prepare_images(inputs, **self._pixel_stats)
     return self.model.apply(variables, inputs, train=False,
                             method=self.apply_method)
 
@@ -336,13 +346,13 @@ class Experiment:
     return data_lib.pipeline.create_train_dataset(
         self.source, self.config, shard=self.shard,
         steps_per_epoch=self.steps_per_epoch, num_epochs=self.num_epochs,
-        start_step=start_step, input_kind=self.input_kind)
+        start_step=start_step, input_kind=self.input_kind, standardize=False)
 
   def eval_dataset(self, split: str):
     """(dataset, num_batches): every example of `split` once, padded."""
     return data_lib.pipeline.create_eval_dataset(
         self.source, split, self.config, shard=self.eval_shard,
-        input_kind=self.input_kind)
+        input_kind=self.input_kind, standardize=False)
 
   def evaluate(self, state: steps.TrainState, split: str) -> dict[str, float]:
     """Metrics over every example of `split` exactly once."""
@@ -459,6 +469,8 @@ def resolve_config(config: ml_collections.ConfigDict, source, *,
   if len(config.image_size) != 2 or min(config.image_size) <= 0:
     raise configlib.ConfigError(f"config.image_size must be (height, width), "
                                 f"got {config.image_size}.")
+  configlib.crop_impl(config)
+  configlib.input_threads(config)
   channels = config.num_channels
   for key in ("pixel_mean", "pixel_std"):
     if len(config[key]) not in (1, channels):

@@ -17,7 +17,7 @@ import numpy as np
 from absl import logging
 
 from jaxattn import parallel
-from jaxattn.data import pipeline, sources
+from jaxattn.data import on_device, pipeline, sources
 from jaxattn.data.tf_import import tf
 
 CACHE_DIR = "feature_cache"
@@ -61,13 +61,17 @@ def build(exp, variables, workdir: str):
   computed once (or loaded from ``WORKDIR/feature_cache/``).
 
   The backbone runs in evaluation mode through the model interface's
-  ``feature_method`` over the evaluation pipeline's images; the returned
+  ``feature_method`` over the evaluation pipeline's images (uint8,
+  standardised on the device as the eval step does); the returned
   experiment feeds them to the steps as ``input_kind="features"``.
   """
   config, shard = exp.config, exp.eval_shard
+  pixel_stats = dict(pixel_mean=tuple(config.pixel_mean),
+                     pixel_std=tuple(config.pixel_std))
   backbone = jax.jit(exp.traced(
       lambda v, images: exp.model.apply(
-          v, images, method=exp.interface.feature_method)))
+          v, on_device.prepare_images(images, **pixel_stats),
+          method=exp.interface.feature_method)))
   cache_dir = os.path.join(workdir, CACHE_DIR)
   os.makedirs(cache_dir, exist_ok=True)
   features = {}
@@ -81,7 +85,7 @@ def build(exp, variables, workdir: str):
       logging.info("Backbone features of %s loaded from %s.", split, path)
       continue
     ds, _ = pipeline.create_eval_dataset(exp.source, split, config,
-                                         shard=shard)
+                                         shard=shard, standardize=False)
     outs, labels = [], []
     for batch in pipeline.as_numpy(ds):
       logits = backbone(variables, parallel.global_batch(

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 
 from jaxattn import checkpointing, experiment, losses
-from jaxattn.data import DatasetError, image_files
+from jaxattn.data import DatasetError, image_files, on_device
 from jaxattn.errors import BadInputError
 from jaxattn.models import (ModelInterface, get_interface, interface,
                             known_models)
@@ -130,7 +130,10 @@ def read_images(paths: Sequence[str], config: ml_collections.ConfigDict
 
 def to_display(images: np.ndarray, config: ml_collections.ConfigDict
                ) -> np.ndarray:
-  """Preprocessed model inputs -> [0, 1] floats: the image the model saw."""
+  """Preprocessed model inputs -> [0, 1] floats: the image the model saw
+  (uint8 pixels, not yet standardised, are only scaled)."""
+  if images.dtype == np.uint8:
+    return images.astype(np.float32) / 255.0
   mean = np.asarray(config.pixel_mean, np.float32)
   std = np.asarray(config.pixel_std, np.float32)
   return np.clip(images * std + mean, 0.0, 1.0)
@@ -156,6 +159,10 @@ def make_predict_fn(run: Run, batch_size: int = 32):
 
   @jax.jit
   def predict(variables, images):
+    # uint8 images (the eval pipeline's) are standardised first.
+    images = on_device.prepare_images(
+        images, pixel_mean=tuple(run.config.pixel_mean),
+        pixel_std=tuple(run.config.pixel_std))
     output = run.model.apply(variables, images, train=False)
     return jax.nn.softmax(output_logits(output, run.loss_spec), axis=-1)
 

@@ -61,6 +61,7 @@ def seed004_conv_vit() -> ml_collections.ConfigDict:
   c.augment.rand_augment_ops, c.augment.rand_augment_magnitude = 1, 8
   c.augment.color_jitter = (0.1, 0.1, 0.1)
   c.augment.random_erasing = 0.25
+  c.augment.crop_impl = "pillow_exact"  # torchvision's pixels, bit for bit.
   c.model = dict(name="conv_vit", patch_size=2, hidden_dim=32, depth=4,
                  head_channels=8, mlp_ratio=4, drop_path_rate=0.0)
   c.num_epochs = 25
@@ -125,6 +126,7 @@ def seed002_vit() -> ml_collections.ConfigDict:
   c.pixel_mean, c.pixel_std = (0.0,), (1.0,)
   c.compute_dtype, c.matmul_precision = "float32", "highest"
   c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
+  c.augment.crop_impl = "pillow_exact"  # torchvision's pixels, bit for bit.
   return c
 
 
@@ -202,6 +204,8 @@ def seed001_slresnet(depth: int, *, image_size: int,
   c.early_stopping_patience = 12
   c.compute_dtype, c.matmul_precision = "float32", "default"
   c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
+  # No crop in the recipe; one added to it crops as torchvision would.
+  c.augment.crop_impl = "pillow_exact"
   return c
 
 
@@ -235,6 +239,9 @@ def seed000_hybrid(dataset: str) -> ml_collections.ConfigDict:
   c.shuffle_buffer = 10_000
   c.compute_dtype, c.matmul_precision = "float32", "default"
   c.reference_batch_size = c.batch_size  # The seed's own (lr_batch_scale).
+  # The notebooks' own crop (sample_distorted_bounding_box + bilinear
+  # resize), TF's: see inception_crop_and_flip.
+  c.augment.crop_impl = "tf_fast"
   return c
 
 

@@ -27,6 +27,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from jaxattn import mixing
 from jaxattn.configlib import ConfigError
+from jaxattn.data import on_device
 from jaxattn.losses import LossSpec
 from jaxattn.parallel import DATA_AXIS
 
@@ -172,8 +173,15 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                loss_spec: LossSpec = LossSpec(), method: str | None = None,
                mix: mixing.MixSpec = mixing.MixSpec(), ema_decay: float = 0.0,
                grad_accum_steps: int = 1, parallel: str = "jit",
-               mesh: Mesh | None = None) -> tuple[TrainState, TrainMetrics]:
+               mesh: Mesh | None = None,
+               pixel_mean: tuple[float, ...] = (0.0,),
+               pixel_std: tuple[float, ...] = (1.0,)
+               ) -> tuple[TrainState, TrainMetrics]:
   """One step on a global batch; returns the new state and its metrics.
+
+  A batch of uint8 images (the pipeline's) is first standardised with
+  ``pixel_mean`` / ``pixel_std`` and RandomErased with its ``"erase"`` boxes
+  (``jaxattn/data/on_device.py``); float images are taken as they are.
 
   ``method`` is the model method that takes the batch's inputs (None:
   ``__call__``; see ``Experiment.with_features``). ``mix``: Mixup / CutMix
@@ -185,6 +193,8 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
                              loss_spec=loss_spec, method=method,
                              ema_decay=ema_decay,
                              grad_accum_steps=grad_accum_steps)
+  batch = on_device.prepare_batch(batch, pixel_mean=pixel_mean,
+                                  pixel_std=pixel_std)
   if mix.enabled:  # Its own stream: dropout keys stay as without mixing.
     if not num_classes:
       raise ValueError("Mixup/CutMix needs num_classes for its targets.")
@@ -212,8 +222,13 @@ def train_step(state: TrainState, batch: Batch, *, model: nn.Module,
 
 def eval_step(state: TrainState, batch: Batch, *, model: nn.Module,
               loss_spec: LossSpec = LossSpec(), method: str | None = None,
-              use_ema: bool = False) -> EvalMetrics:
-  """Metrics of one padded batch; examples with mask 0 do not count."""
+              use_ema: bool = False, pixel_mean: tuple[float, ...] = (0.0,),
+              pixel_std: tuple[float, ...] = (1.0,)) -> EvalMetrics:
+  """Metrics of one padded batch; examples with mask 0 do not count.
+
+  uint8 images are standardised first, as in `train_step`."""
+  batch = on_device.prepare_batch(batch, pixel_mean=pixel_mean,
+                                  pixel_std=pixel_std)
   output = model.apply(state.variables(use_ema), batch["image"], train=False,
                        method=method)
   return EvalMetrics.single_from_model_output(

@@ -63,6 +63,8 @@ def test_sbatch_renders_one_srun_of_main_py(tmp_path):
   assert len(calls) == 1
   srun = calls[0]
   assert srun[0] == "srun" and "--kill-on-bad-exit=1" in srun
+  # One block of cores per task: each sizes its tf.data pool to its own.
+  assert "--cpu-bind=cores" in srun and "--cpus-per-task=8" in srun
   command = srun[srun.index("/env/python"):]
   assert command == ["/env/python", "/cluster/jaxattn/main.py",
                      "--config=configs/food101_hybrid.py",

@@ -7,9 +7,10 @@ Only the input pipeline needs TensorFlow and TFDS, which come with the
   (training and evaluation input) and ``augment`` import them from
   ``tf_import``, the one place that does, and that raises
   :class:`MissingDataExtra` naming the extra when they are not installed;
-* ``metadata`` (a dataset's classes and image shape without reading it) and
+* ``metadata`` (a dataset's classes and image shape without reading it),
   ``image_files`` (image files preprocessed as evaluation does, with PIL and
-  JAX) need neither.
+  JAX) and ``on_device`` (the uint8 batches' standardisation and
+  RandomErasing, inside the jitted steps) need neither.
 
 Everything else (models, steps, ``Experiment`` on metadata, bench, summary,
 ``jaxattn.load``, predict, explain, the converter, export) runs without
@@ -25,8 +26,8 @@ import importlib
 from jaxattn.errors import BadInputError
 
 EXTRA = "data"
-_LAZY_MODULES = ("augment", "image_files", "metadata", "pipeline", "sources",
-                 "tf_import")
+_LAZY_MODULES = ("augment", "image_files", "inception_crop", "metadata",
+                 "on_device", "pipeline", "sources", "tf_import")
 
 
 class DatasetError(BadInputError, ValueError):

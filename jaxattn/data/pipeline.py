@@ -17,11 +17,28 @@ many parallel calls tf.data uses.
 
 Evaluation reads every example exactly once: the last batch is padded with
 ``mask == 0`` examples, and all processes run the same number of batches.
+
+What the pipelines deliver: with ``standardize=False`` (what training,
+evaluation and bench ask for, through ``Experiment``) images stay uint8 at
+``config.image_size``, a quarter of float32's bytes, and the steps
+standardise them and apply RandomErasing on the device
+(``jaxattn/data/on_device.py``; the erasing boxes, drawn here, travel as the
+batch's ``"erase"``). ``standardize=True`` (the default of these functions,
+for callers that feed a model directly, e.g. explain) delivers the float32
+model inputs, computed here as before.
+
+The random crop has two implementations (``config.augment.crop_impl``):
+"tf_fast", TF's Inception crop per image, decoding only the crop's window of
+a JPEG (``jaxattn/data/inception_crop.py``), and "pillow_exact",
+torchvision's RandomResizedCrop with Pillow's resampling on whole batches
+(``augment.resized_crop_batch``), bit-exact with the seeds that trained
+with torchvision.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from collections.abc import Iterator
 
@@ -29,8 +46,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from jaxattn import configlib
 from jaxattn.configlib import ConfigError
-from jaxattn.data import DatasetError, ProcessShard, augment, image_files
+from jaxattn.data import (DatasetError, ProcessShard, augment, image_files,
+                          inception_crop)
 from jaxattn.data.sources import DataSource
 from jaxattn.data.tf_import import tf
 
@@ -41,6 +60,12 @@ _EPOCH_SEED_STRIDE = 1_000_003
 # name the files behind a decoding error: tf.data's own error names none.
 _READS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _MAX_FILES_NAMED = 10
+# Folded into a batch's seed for the per-image draws of the "tf_fast" crop,
+# apart from the batch-wide draws of `sample_train_augmentation`.
+_CROP_STREAM = 0x63726F70
+
+CROP_IMPLS = configlib.CROP_IMPLS
+crop_impl = configlib.crop_impl
 
 
 def _reads(ds: tf.data.Dataset, source: DataSource, split: str
@@ -105,13 +130,17 @@ def _resize_and_centre_crop(image: tf.Tensor, size: tuple[int, int],
 
 
 def preprocess_for_eval(image: tf.Tensor,
-                        config: ml_collections.ConfigDict) -> tf.Tensor:
+                        config: ml_collections.ConfigDict, *,
+                        standardize: bool = True) -> tf.Tensor:
   """uint8 HxWxC -> float32 at config.image_size, normalised.
 
   ``config.eval_crop_fraction`` 0 resizes straight to ``image_size``; a
   fraction f in (0, 1] resizes keeping the aspect ratio to cover
   ``image_size / f`` and centre-crops ``image_size``
-  (`_resize_and_centre_crop`).
+  (`_resize_and_centre_crop`). ``standardize=False`` stops before the
+  normalisation and returns the resized pixels rounded to uint8 (the steps
+  normalise them on the device; an image already at ``image_size`` is
+  returned unchanged).
   """
   size = tuple(config.image_size)
   fraction = image_files.eval_crop_fraction(config)
@@ -119,6 +148,8 @@ def preprocess_for_eval(image: tf.Tensor,
     image = _resize(image, size)
   else:
     image = _resize_and_centre_crop(image, size, fraction)
+  if not standardize:
+    return tf.ensure_shape(_to_uint8(image), [*size, image.shape[-1]])
   image = image / 255.0
   return tf.ensure_shape(_normalize(image, config),
                          [*size, image.shape[-1]])
@@ -155,14 +186,16 @@ def sample_train_augmentation(seed: tf.Tensor, num: int | tf.Tensor, height,
 
   ``height``/``width`` are the images' sizes before cropping (scalars or
   [num]). Each value has leading dimension ``num``; only enabled stages
-  have an entry. A row's parameters depend on the seed and the row alone.
+  have an entry (the "tf_fast" crop has none: it is drawn per image). A
+  row's parameters depend on the seed and the row alone.
   """
   aug = config.augment
   size = tuple(config.image_size)
   crop_seed, flip_seed, ra_seed, jitter_seed, erase_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=5))
   params = {}
-  if aug.random_resized_crop:
+  # The "tf_fast" crop draws per image, before the batch exists.
+  if aug.random_resized_crop and crop_impl(config) == "pillow_exact":
     params["crop"] = augment.sample_crop(
         crop_seed, num, height, width, scale=tuple(aug.crop_scale),
         ratio=tuple(aug.crop_ratio))
@@ -211,7 +244,8 @@ def _crop_batch(images: tf.Tensor, boxes: tf.Tensor, image_sizes,
 
 def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
                         config: ml_collections.ConfigDict, *,
-                        image_sizes: tf.Tensor | None = None) -> tf.Tensor:
+                        image_sizes: tf.Tensor | None = None,
+                        standardize: bool = True) -> tf.Tensor:
   """The train-time augmentations of a batch, in torchvision's usual order.
 
   RandomResizedCrop -> flip -> RandAugment -> ColorJitter (these on uint8
@@ -225,6 +259,10 @@ def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
   its config key asks for it; with none on (and config.eval_crop_fraction 0),
   this is exactly `preprocess_for_eval` (which the backbone feature cache
   relies on).
+
+  ``standardize=False`` stops before the normalisation: uint8 images, which
+  ``on_device.prepare_images`` normalises and erases with ``params["erase"]``
+  (the same values as this function's float path).
   """
   aug = config.augment
   size = tuple(config.image_size)
@@ -242,17 +280,37 @@ def augment_train_batch(images: tf.Tensor, params: dict[str, tf.Tensor],
       images = augment.color_jitter_batch(
           images, params["jitter_order"], params["jitter_factors"],
           **_jitter_args(aug))
+  if not standardize:
+    return tf.ensure_shape(_to_uint8(images),
+                           [None, *size, images.shape[-1]])
   images = _normalize(tf.cast(images, tf.float32) / 255.0, config)
   if "erase" in params:
     images = augment.erasing_batch(images, params["erase"])
   return tf.ensure_shape(images, [None, *size, images.shape[-1]])
 
 
-def _options() -> tf.data.Options:
+def input_threads(config: ml_collections.ConfigDict) -> int:
+  """Threads of this process's tf.data pool: ``config.input_threads``, or
+  (0) the cores this process may run on (``os.sched_getaffinity``: its share
+  under ``taskset``, SLURM's ``--cpu-bind`` or a container's cpuset), not
+  the whole machine's."""
+  threads = configlib.input_threads(config)
+  if threads:
+    return threads
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # Not on Linux.
+    return os.cpu_count() or 1
+
+
+def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
   options = tf.data.Options()
   options.deterministic = True
   options.experimental_optimization.map_parallelization = True
-  options.threading.private_threadpool_size = 0  # Use TF's shared pool.
+  # A pool of its own, sized to this process's cores: TF's shared pool is
+  # sized to the whole machine in every process (8 processes of a GPU node
+  # would each start a thread per core of the node).
+  options.threading.private_threadpool_size = input_threads(config)
   return options
 
 
@@ -266,11 +324,15 @@ def _holds_features(input_kind: str) -> bool:
 def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
                          *, shard: ProcessShard, steps_per_epoch: int,
                          num_epochs: int, start_step: int = 0,
-                         input_kind: str = "images") -> tf.data.Dataset:
+                         input_kind: str = "images",
+                         standardize: bool = True) -> tf.data.Dataset:
   """Batches of {"image", "label"} from ``start_step`` to the end of training.
 
   ``input_kind="features"``: the source holds precomputed vectors (seed
   000's cached backbone logits), batched as they are, without preprocessing.
+
+  ``standardize=False``: uint8 images, and RandomErasing's boxes as
+  ``"erase"`` when it is on (see the module doc).
 
   With several processes and ``config.input_order == "global"`` every process
   walks the same shuffled stream of the whole split (still encoded) and keeps
@@ -285,25 +347,31 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
   if config.get("input_order", "global") not in ("global", "per_process"):
     raise ConfigError(f"config.input_order={config.input_order!r} must be "
                       "'global' or 'per_process'.")
+  fast_crop = (not holds_features and crop_impl(config) == "tf_fast"
+               and config.augment.random_resized_crop)
+  # The stream stays encoded (file bytes, paths) until this process's rows
+  # are known, or, for the "tf_fast" crop, until each image is cropped: it
+  # decodes only its window. A decoded split cached in memory is decoded
+  # once, up front.
+  encoded = not config.cache and (global_order or fast_crop)
   if global_order:
-    # Decoding is deferred to the rows this process keeps, unless the
-    # decoded split is cached in memory anyway.
-    base = source.read(config.train_split, decode=bool(config.cache))
+    base = source.read(config.train_split, decode=not encoded)
     rows_per_epoch = steps_per_epoch * global_batch
   else:
     base = source.read(config.train_split, process_index=shard.process_index,
-                       process_count=shard.process_count)
+                       process_count=shard.process_count, decode=not encoded)
     rows_per_epoch = steps_per_epoch * local_batch
-  # Images of mixed sizes until they are cropped are padded to the largest
-  # of their batch and keep their true sizes (the crop never reads padding).
-  # The sizes are taken once, before the cache, where the images are decoded.
-  decode_later = global_order and not config.cache
-  decoded = base.map(source.decode) if decode_later else base  # (For specs.)
+  # Images of mixed sizes until they are cropped in batches are padded to
+  # the largest of their batch and keep their true sizes (the crop never
+  # reads padding). The sizes are taken once, before the cache, where the
+  # images are decoded.
+  decoded = base.map(source.decode) if encoded else base  # (For specs.)
   mixed_sizes = (not holds_features and config.augment.random_resized_crop
+                 and not fast_crop
                  and _static_hw(decoded.element_spec["image"]) is None)
   with_sizes = lambda example: {**example,
                                 "image_size": tf.shape(example["image"])[:2]}
-  if mixed_sizes and not decode_later:
+  if mixed_sizes and not encoded:
     base = base.map(with_sizes, num_parallel_calls=tf.data.AUTOTUNE)
   if config.cache:
     base = base.cache()
@@ -316,43 +384,11 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
     return base.shuffle(buffer, seed=shuffle_seed,
                         reshuffle_each_iteration=False).take(rows_per_epoch)
 
-  start_epoch, offset = divmod(start_step, steps_per_epoch)
-  ds = tf.data.Dataset.range(start_epoch, num_epochs).flat_map(one_epoch)
-  if global_order:
-    ds = ds.skip(offset * global_batch).enumerate()
-    ds = ds.filter(lambda position, _: (position % global_batch) // local_batch
-                   == shard.process_index)
-    ds = ds.map(lambda _, example: example)
-    if not config.cache:
-      decode = source.decode
-      if mixed_sizes:
-        decode = lambda example: with_sizes(source.decode(example))
-      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
-  else:
-    ds = ds.skip(offset * local_batch)
-  if holds_features:  # Cached backbone outputs: nothing to preprocess.
-    ds = ds.batch(local_batch, drop_remainder=True)
-    return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options()),
-                  source, config.train_split)
-
-  size = tuple(config.image_size)
-  if mixed_sizes:
-    ds = ds.padded_batch(local_batch, drop_remainder=True)
-  else:
-    if (not config.augment.random_resized_crop and
-        _static_hw(ds.element_spec["image"]) != size):
-      ds = ds.map(lambda example: {**example, "image": _resize_unless_cropped(
-          example["image"], config)}, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(local_batch, drop_remainder=True)
-
-  # One seed per batch draws the parameters of all its rows at once, and
-  # every pixel stage runs on the whole batch: per example, a tf.data map
-  # spends more on dispatching its dozens of small ops than on the pixels.
-  # The seed is the data seed and the batch's step, counted from the start
-  # of training, so a resumed run draws what an uninterrupted one did. With
-  # several processes in global order it is the global batch's, and each
-  # process keeps its rows of the draws: every example gets the augmentation
-  # of a single-process run.
+  # Every batch's random draws come from one seed: the data seed and the
+  # batch's step, counted from the start of training, so a resumed run draws
+  # what an uninterrupted one did. With several processes in global order it
+  # is the global batch's, and each process keeps its rows of the draws:
+  # every example gets the augmentation of a single-process run.
   if global_order:
     draws_per_batch = global_batch
     first_row = shard.process_index * local_batch
@@ -361,6 +397,74 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
     draws_per_batch, first_row = local_batch, 0
     batch_id = lambda step: step * shard.process_count + shard.process_index
 
+  def batch_seed(step):
+    return tf.stack([tf.constant(data_seed, tf.int64), batch_id(step)])
+
+  start_epoch, offset = divmod(start_step, steps_per_epoch)
+  ds = tf.data.Dataset.range(start_epoch, num_epochs).flat_map(one_epoch)
+  # Position 0 of the stream after the skip is row 0 of step start_step.
+  if global_order:
+    ds = ds.skip(offset * global_batch).enumerate()
+    ds = ds.filter(lambda position, _: (position % global_batch) // local_batch
+                   == shard.process_index)
+    rows_of_stream = global_batch
+  else:
+    ds = ds.skip(offset * local_batch)
+    if fast_crop:
+      ds = ds.enumerate()
+    rows_of_stream = local_batch
+  if holds_features:  # Cached backbone outputs: nothing to preprocess.
+    ds = ds.batch(local_batch, drop_remainder=True)
+    return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config)),
+                  source, config.train_split)
+
+  size = tuple(config.image_size)
+  aug = config.augment
+  # Read here, not inside a traced map: a source may look at a file for it.
+  channels = source.image_shape[2] if fast_crop and encoded else None
+
+  def crop_one(position, example):
+    """The "tf_fast" crop of one example, from the seed of its row."""
+    step = start_step + position // rows_of_stream
+    seed = tf.random.experimental.stateless_fold_in(
+        tf.random.experimental.stateless_fold_in(batch_seed(step),
+                                                 _CROP_STREAM),
+        position % rows_of_stream)
+    crop_args = dict(scale=tuple(aug.crop_scale), ratio=tuple(aug.crop_ratio))
+    data = source.encoded_image(example) if encoded else None
+    if data is not None:
+      image = inception_crop.crop_encoded(
+          data, seed, size, channels=channels, **crop_args)
+    else:
+      pixels = (source.decode(example) if encoded else example)["image"]
+      image = inception_crop.crop_decoded(pixels, seed, size, **crop_args)
+    return {"image": image, "label": example["label"]}
+
+  if fast_crop:
+    ds = ds.map(crop_one, num_parallel_calls=tf.data.AUTOTUNE)
+  else:
+    if global_order:
+      ds = ds.map(lambda _, example: example)
+    if encoded:
+      decode = source.decode
+      if mixed_sizes:
+        decode = lambda example: with_sizes(source.decode(example))
+      ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+  if mixed_sizes:
+    ds = ds.padded_batch(local_batch, drop_remainder=True)
+  else:
+    if (not aug.random_resized_crop and
+        _static_hw(ds.element_spec["image"]) != size):
+      def resize(example):
+        image = _resize_unless_cropped(example["image"], config)
+        return {**example,
+                "image": image if standardize else _to_uint8(image)}
+      ds = ds.map(resize, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(local_batch, drop_remainder=True)
+
+  # Every pixel stage after the crop runs on the whole batch, with the
+  # parameters of all its rows drawn at once: per example, a tf.data map
+  # spends more on dispatching its dozens of small ops than on the pixels.
   def augment_batch(step, batch):
     images = batch["image"]
     image_sizes = batch.get("image_size")
@@ -376,18 +480,21 @@ def create_train_dataset(source: DataSource, config: ml_collections.ConfigDict,
       own_heights, own_widths = tf.unstack(image_sizes, 2, axis=1)
     heights = tf.tensor_scatter_nd_update(heights, rows, own_heights)
     widths = tf.tensor_scatter_nd_update(widths, rows, own_widths)
-    seed = tf.stack([tf.constant(data_seed, tf.int64), batch_id(step)])
-    params = sample_train_augmentation(seed, draws_per_batch, heights, widths,
-                                       config)
+    params = sample_train_augmentation(batch_seed(step), draws_per_batch,
+                                       heights, widths, config)
     params = {key: value[first_row:first_row + local_batch]
               for key, value in params.items()}
-    return {"image": augment_train_batch(images, params, config,
-                                         image_sizes=image_sizes),
-            "label": batch["label"]}
+    out = {"image": augment_train_batch(images, params, config,
+                                        image_sizes=image_sizes,
+                                        standardize=standardize),
+           "label": batch["label"]}
+    if not standardize and "erase" in params:
+      out["erase"] = params["erase"]
+    return out
 
   ds = ds.enumerate(start=start_step)  # Batch b of the stream is step b.
   ds = ds.map(augment_batch, num_parallel_calls=tf.data.AUTOTUNE)
-  return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options()),
+  return _reads(ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config)),
                 source, config.train_split)
 
 
@@ -399,11 +506,14 @@ def num_eval_batches(num_examples: int, shard: ProcessShard) -> int:
 
 def create_eval_dataset(source: DataSource, split: str,
                         config: ml_collections.ConfigDict, *,
-                        shard: ProcessShard, input_kind: str = "images"
+                        shard: ProcessShard, input_kind: str = "images",
+                        standardize: bool = True
                         ) -> tuple[tf.data.Dataset, int]:
   """(dataset, num_batches) with every example once; padding has mask 0.
 
   ``input_kind="features"``: precomputed vectors, not preprocessed.
+  ``standardize=False``: uint8 images (`preprocess_for_eval`'s), which the
+  eval step standardises on the device.
   """
   ds = source.read(split, process_index=shard.process_index,
                    process_count=shard.process_count)
@@ -413,19 +523,21 @@ def create_eval_dataset(source: DataSource, split: str,
   num_batches = num_eval_batches(source.num_examples(split), shard)
   holds_features = _holds_features(input_kind)
   ds = ds.map(lambda ex: {"image": ex["image"] if holds_features else
-                          preprocess_for_eval(ex["image"], config),
+                          preprocess_for_eval(ex["image"], config,
+                                              standardize=standardize),
                           "label": ex["label"],
                           "mask": tf.constant(1.0, tf.float32)},
               num_parallel_calls=tf.data.AUTOTUNE)
   if config.cache:
     ds = ds.cache()
   pad_count = num_batches * shard.local_batch_size - local_count
+  image_spec = ds.element_spec["image"]
   padding = tf.data.Dataset.from_tensors(
-      {"image": tf.zeros(ds.element_spec["image"].shape, tf.float32),
+      {"image": tf.zeros(image_spec.shape, image_spec.dtype),
        "label": tf.constant(0, tf.int64),
        "mask": tf.constant(0.0, tf.float32)}).repeat(pad_count)
   ds = ds.concatenate(padding).batch(shard.local_batch_size)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_options(config))
   return _reads(ds, source, split), num_batches
 
 

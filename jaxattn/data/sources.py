@@ -43,6 +43,13 @@ from jaxattn.errors import BadInputError
 OFFLINE_DATASETS = ("digits",)
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
+# A prepared TFDS split is read from this many of its files at once, one
+# record from each in turn (tf.data's interleave): reading one file at a time
+# leaves a 224-px pipeline waiting on I/O. A constant, not the core count,
+# so the order of the examples (fixed under options.deterministic) is the
+# same on every machine and a resumed run reads what the first one did.
+_TFDS_FILES_AT_ONCE = 16
+
 _OFFLINE_HINT = (
     "No network is reachable, so TFDS cannot download it. Offline options: "
     "'offline:digits' (real handwritten digits shipped with scikit-learn), "
@@ -92,6 +99,13 @@ class DataSource(abc.ABC):
   def decode(self, example: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     """Finishes an example read with ``decode=False``."""
     return example
+
+  def encoded_image(self, example: dict[str, tf.Tensor]) -> tf.Tensor | None:
+    """The image file's bytes of an example read with ``decode=False``, or
+    None where the source holds pixels: with the bytes, a random crop decodes
+    only its window (``inception_crop.crop_encoded``)."""
+    del example
+    return None
 
   def undecodable(self, split: str) -> list[str]:
     """What cannot be decoded in ``split``: one line per bad example, naming
@@ -322,6 +336,9 @@ class FolderSource(_IndexedSource):
                                            self.channels),
                            [None, None, self.channels])
 
+  def encoded_image(self, example):
+    return tf.io.read_file(example["image"])
+
   def undecodable(self, split):
     # Decode every file of the split once more, in parallel in tf.data, each
     # with its index; ignore_errors() drops the ones whose decoding fails,
@@ -374,7 +391,8 @@ class MockSource(_IndexedSource):
 
 
 class TfdsSource(DataSource):
-  """Any TFDS dataset, read in file order with images decoded lazily."""
+  """Any TFDS dataset, read in a fixed order (16 files at once) with images
+  decoded lazily."""
 
   def __init__(self, tfds_name: str, *, data_dir: str | None = None,
                manual_dir: str | None = None, download: bool = True,
@@ -470,7 +488,9 @@ class TfdsSource(DataSource):
       ds = self._builder.as_dataset(
           split=process_split, shuffle_files=False,
           decoders={self._image_key: tfds.decode.SkipDecoding()},
-          read_config=tfds.ReadConfig(interleave_cycle_length=1))
+          read_config=tfds.ReadConfig(
+              interleave_cycle_length=_TFDS_FILES_AT_ONCE,
+              interleave_block_length=1))
     ds = ds.map(lambda ex: {"image": ex[self._image_key],
                             "label": tf.cast(ex[self._label_key], tf.int64)})
     if not decode:
@@ -483,6 +503,10 @@ class TfdsSource(DataSource):
     if image.dtype == tf.string:
       image = decode_like_pil(image, self.image_shape[2])
     return {"image": image, "label": example["label"]}
+
+  def encoded_image(self, example):
+    image = example["image"]
+    return image if image.dtype == tf.string else None
 
 
 def network_available(host: str = "storage.googleapis.com", port: int = 443,
