@@ -14,19 +14,12 @@ import tensorflow as tf
 from jaxattn import configlib, recipes, steps
 from jaxattn.configlib import ConfigError
 from jaxattn.data import inception_crop, on_device, pipeline, sources
+from tests.data.helpers import small_config
+from tests.data.helpers import take_batches as _batches
 
 
 def _config(**overrides):
-  c = configlib.base_config()
-  c.image_size = (16, 16)
-  c.train_split, c.val_split = "train[:200]", "test"
-  c.update(overrides)
-  return c
-
-
-def _batches(ds, n=None):
-  it = pipeline.as_numpy(ds)
-  return [next(it) for _ in range(n)] if n else list(it)
+  return small_config((16, 16), **overrides)
 
 
 def _seed004_augment(crop_impl):

@@ -5,21 +5,14 @@ import collections
 import numpy as np
 import pytest
 
-from jaxattn import configlib, recipes
+from jaxattn import recipes
 from jaxattn.data import pipeline, sources
+from tests.data.helpers import small_config
+from tests.data.helpers import take_batches as _batches
 
 
 def _config(**overrides):
-  c = configlib.base_config()
-  c.image_size = (8, 8)
-  c.train_split, c.val_split = "train[:200]", "test"
-  c.update(overrides)
-  return c
-
-
-def _batches(ds, n=None):
-  it = pipeline.as_numpy(ds)
-  return [next(it) for _ in range(n)] if n else list(it)
+  return small_config((8, 8), **overrides)
 
 
 @pytest.mark.parametrize("augmented", [False, True])
