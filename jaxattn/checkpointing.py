@@ -93,10 +93,17 @@ def _manager(directory: str, keep: int, *, read_only: bool = False):
   # cleanup_tmp_directories: a run killed mid-save leaves Orbax's temporary
   # step directory behind; the workdir lock (workdir_lock.py) guarantees no
   # other run is writing one, so the next run may remove it.
+  # barrier_sync_key_prefix: with several processes, each save ends at
+  # barriers named after the step ("async_write_complete.<step dir>"). The
+  # latest and best managers save the same step at the end of a run; with
+  # one name the processes could pass different barriers and one of them
+  # wait until the job timed out. The directory's name keeps them apart.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=not read_only, read_only=read_only,
       enable_async_checkpointing=not read_only,
-      cleanup_tmp_directories=not read_only)
+      cleanup_tmp_directories=not read_only,
+      multiprocessing_options=ocp.options.MultiprocessingOptions(
+          barrier_sync_key_prefix=os.path.basename(directory)))
   return ocp.CheckpointManager(directory, options=options,
                                item_names=("state", "meta"))
 

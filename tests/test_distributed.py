@@ -162,6 +162,28 @@ def test_two_processes_match_one_and_resume_after_sigterm(reference,
   assert_close(final_variables(workdir), final_variables(reference))
 
 
+def test_two_processes_save_the_last_step_as_latest_and_best(tmp_path):
+  """The final step, validated, goes to both checkpoint managers at once.
+
+  Their saves end at barriers named after the step; with one name for both
+  managers the processes could pass different ones, and process 1 then
+  waited in ckpt.wait() until the job aborted, at random (this test failed
+  its first run so, after 5 minutes). Each manager's barriers carry its
+  directory's name.
+  """
+  workdir = tmp_path / "w"
+  steps = 30
+  args = [a for a in ARGS if not a.startswith("--config.num_steps")]
+  cmd = [*LOCAL, "--processes", "2", "--devices-per-process", "2",
+         "--log-dir", str(tmp_path / "logs"), "--", *args,
+         f"--config.num_steps={steps}", f"--workdir={workdir}"]
+  proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,
+                        timeout=600, check=False)
+  assert proc.returncode == 0, proc.stderr[-5000:]
+  assert checkpoint_steps(workdir)[-1] == steps
+  assert sorted(os.listdir(workdir / checkpointing.BEST_DIR)) == [str(steps)]
+
+
 def test_sigterm_saves_the_current_step_and_exits_0(reference, tmp_path):
   """One process: SIGTERM -> save within a step, exit 0, exact resume."""
   workdir = tmp_path / "preempted"
