@@ -38,7 +38,6 @@ with torchvision.
 from __future__ import annotations
 
 import math
-import os
 import weakref
 from collections.abc import Iterator
 
@@ -46,7 +45,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from jaxattn import configlib
+from jaxattn import configlib, cpu_defaults
 from jaxattn.configlib import ConfigError
 from jaxattn.data import (DatasetError, ProcessShard, augment, image_files,
                           inception_crop)
@@ -294,13 +293,7 @@ def input_threads(config: ml_collections.ConfigDict) -> int:
   (0) the cores this process may run on (``os.sched_getaffinity``: its share
   under ``taskset``, SLURM's ``--cpu-bind`` or a container's cpuset), not
   the whole machine's."""
-  threads = configlib.input_threads(config)
-  if threads:
-    return threads
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # Not on Linux.
-    return os.cpu_count() or 1
+  return configlib.input_threads(config) or cpu_defaults.usable_cores()
 
 
 def _options(config: ml_collections.ConfigDict) -> tf.data.Options:
